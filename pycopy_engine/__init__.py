@@ -1,0 +1,5 @@
+"""pycopy: live TCP traffic replication, wire-compatible with TCPCopy 1.0."""
+
+__version__ = "0.1.0"
+# The control-channel protocol version spoken with C peers (TCPCopy INTERNAL_VERSION).
+INTERNAL_VERSION = 6
