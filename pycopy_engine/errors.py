@@ -6,7 +6,15 @@ class PycopyError(Exception):
 
 
 class WireError(PycopyError):
-    """Bytes that do not parse: short, truncated or malformed input."""
+    """Bytes that do not parse: short, truncated or malformed input.
+
+    ``reason`` is a short counter-friendly word (``"truncated"``, ``"fragment"``,
+    ``"not_tcp"`` …) so callers can count rejects by reason without parsing text.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ProtocolError(PycopyError):
