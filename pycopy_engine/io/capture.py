@@ -1,0 +1,417 @@
+"""Batched packet capture: the hot path.
+
+Two kinds of capture, one interface (:class:`Capture`):
+
+* :func:`open_raw_ip_capture` -- ``socket(AF_INET, SOCK_RAW, IPPROTO_TCP)`` as
+  the C tcpcopy does by default: sees inbound IPv4 TCP for local addresses.
+* :func:`open_packet_capture` -- ``AF_PACKET``/``SOCK_DGRAM`` (the packet starts
+  at the IP header, no link header to parse) on one, several or all
+  interfaces, reading a ``PACKET_RX_RING`` (TPACKET_V2, mmap) so a batch of
+  packets costs no syscall at all; falls back to a bounded ``recv_into`` loop
+  when the ring cannot be set up.
+
+``read_batch(handle)`` calls ``handle(pkt)`` for every packet ready now and
+never blocks.  ``pkt`` is a memoryview starting at the IPv4 header, valid only
+during the call (the ring slot or buffer is reused right after).  It may be
+shorter than the IP total length: ``truncated`` counts packets cut below the
+requested snaplen (a frame or buffer too small), which callers report.
+
+Every socket gets a kernel filter that passes IPv4 only (AF_PACKET sockets
+see ARP and IPv6 too), then the caller's program, whose accept value is
+lowered to the snaplen so the kernel copies no more than asked for.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any, Callable
+
+from pycopy_engine.errors import ConfigError, PycopyError
+from pycopy_engine.io import bpf
+
+Handle = Callable[[memoryview], Any]
+
+SOL_PACKET = 263
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+PACKET_IGNORE_OUTGOING = 23
+TPACKET_V2 = 1
+TP_STATUS_USER = 1
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+PACKET_OUTGOING = 4
+
+# struct tpacket2_hdr: status, len, snaplen, mac, net (first 16 bytes)
+_T2HDR = struct.Struct("=IIIHH")
+TPACKET2_HDRLEN = 32 + 20  # TPACKET_ALIGN(sizeof tpacket2_hdr) + sizeof sockaddr_ll
+_NETOFF_DGRAM = ((TPACKET2_HDRLEN + 15) & ~15) + 16  # where the IP header lands: 80
+_STATS = struct.Struct("=II")  # struct tpacket_stats: tp_packets, tp_drops
+_ZERO4 = b"\0\0\0\0"
+
+CAP_NET_RAW_MSG = "capturing needs CAP_NET_RAW (run as root or grant the capability)"
+
+
+class CapturePermissionError(PermissionError, PycopyError):
+    """No CAP_NET_RAW: the one-line message says so."""
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def build_program(
+    program: bytes | None,
+    snaplen: int,
+    ifindexes: Sequence[int] = (),
+    drop_outgoing: bool = False,
+) -> bytes:
+    """IPv4-only guard (+ optional interface and direction checks) in front of
+    ``program``, with every non-zero ``ret #k`` lowered to ``snaplen``."""
+    if program is None:
+        insns = [(bpf.BPF_RET_K, 0, 0, snaplen)]
+    else:
+        insns = [
+            (c, jt, jf, min(k, snaplen) if c == bpf.BPF_RET_K and k else k)
+            for c, jt, jf, k in bpf.unpack_insns(program)
+        ]
+    guard = [
+        (0x30, 0, 0, 0),  # ldb [0]
+        (0x54, 0, 0, 0xF0),  # and #0xf0
+        (bpf.BPF_JEQ_K, 1, 0, 0x40),  # IPv4? skip the drop
+        (bpf.BPF_RET_K, 0, 0, 0),
+    ]
+    if drop_outgoing:
+        guard = [
+            (bpf.BPF_LD_W_ABS, 0, 0, bpf.SKF_AD_OFF + bpf.SKF_AD_PKTTYPE),
+            (bpf.BPF_JEQ_K, 0, 1, PACKET_OUTGOING),
+            (bpf.BPF_RET_K, 0, 0, 0),
+        ] + guard
+    out = bpf.pack_insns(guard + insns)
+    if ifindexes:
+        out = bpf.restrict_to_ifindexes(out, ifindexes)
+    return out
+
+
+class Capture:
+    """Common interface; see the module docstring."""
+
+    kind = "base"
+
+    def __init__(self, sock: socket.socket, snaplen: int) -> None:
+        self.sock = sock
+        self.snaplen = snaplen
+        self.truncated = 0  # packets cut below the requested snaplen
+        self._packets = 0
+        self._drops = 0
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_batch(self, handle: Handle) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def kernel_stats(self) -> dict[str, int]:
+        """Cumulative {"packets", "drops", "truncated"} (kernel counters where
+        the socket has them)."""
+        return {"packets": self._packets, "drops": self._drops, "truncated": self.truncated}
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.sock.close()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _RecvCapture(Capture):
+    """recv_into loop, at most ``max_batch`` packets per call."""
+
+    kind = "recv"
+
+    def __init__(self, sock: socket.socket, snaplen: int, max_batch: int = 64) -> None:
+        super().__init__(sock, snaplen)
+        self._buf = bytearray(snaplen)
+        self._mv = memoryview(self._buf)
+        self.max_batch = max_batch
+
+    def read_batch(self, handle: Handle) -> int:
+        recv_into = self.sock.recv_into
+        buf_mv = self._mv
+        size = self.snaplen
+        n = 0
+        while n < self.max_batch:
+            try:
+                got = recv_into(buf_mv, 0, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            n += 1
+            if got > size:
+                self.truncated += 1
+                got = size
+            handle(buf_mv[:got])
+        self._packets += n
+        return n
+
+
+class RawIPCapture(_RecvCapture):
+    kind = "raw-ip"
+
+    def kernel_stats(self) -> dict[str, int]:
+        st = super().kernel_stats()
+        st["drops"] = _raw_socket_drops(self.sock)
+        return st
+
+
+class PacketRecvCapture(_RecvCapture):
+    kind = "packet-recv"
+
+    def kernel_stats(self) -> dict[str, int]:
+        _update_packet_stats(self)
+        return super().kernel_stats()
+
+
+class PacketRingCapture(Capture):
+    """AF_PACKET + PACKET_RX_RING (TPACKET_V2)."""
+
+    kind = "packet-ring"
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        snaplen: int,
+        frame_size: int,
+        block_size: int,
+        block_nr: int,
+        max_batch: int,
+    ) -> None:
+        super().__init__(sock, snaplen)
+        frames_per_block = block_size // frame_size
+        self.frame_nr = frames_per_block * block_nr
+        self.frame_size = frame_size
+        self.ring_bytes = block_size * block_nr
+        sock.setsockopt(
+            SOL_PACKET,
+            PACKET_RX_RING,
+            struct.pack("=IIII", block_size, block_nr, frame_size, self.frame_nr),
+        )
+        self._mm = mmap.mmap(
+            sock.fileno(), self.ring_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        self._mv = memoryview(self._mm)
+        self._offsets = [
+            b * block_size + f * frame_size
+            for b in range(block_nr)
+            for f in range(frames_per_block)
+        ]
+        self._idx = 0
+        self.max_batch = max_batch
+
+    def read_batch(self, handle: Handle) -> int:
+        mm = self._mm
+        mv = self._mv
+        offsets = self._offsets
+        unpack = _T2HDR.unpack_from
+        nframes = len(offsets)
+        snaplen = self.snaplen
+        i = self._idx
+        n = 0
+        limit = self.max_batch
+        try:
+            while n < limit:
+                off = offsets[i]
+                status, tp_len, tp_snap, _mac, net = unpack(mm, off)
+                if not status & TP_STATUS_USER:
+                    break
+                if tp_snap < tp_len and tp_snap < snaplen:
+                    self.truncated += 1
+                start = off + net
+                try:
+                    handle(mv[start : start + tp_snap])
+                finally:
+                    mv[off : off + 4] = _ZERO4  # give the frame back to the kernel
+                    i += 1
+                    if i == nframes:
+                        i = 0
+                    n += 1
+        finally:
+            self._idx = i
+            self._packets += n
+        return n
+
+    def kernel_stats(self) -> dict[str, int]:
+        _update_packet_stats(self)
+        return super().kernel_stats()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._mv.release()
+            self._mm.close()
+        except BufferError:
+            pass  # a handler kept a packet view: the mapping dies with it
+        super().close()
+
+
+def _update_packet_stats(cap: Capture) -> None:
+    # PACKET_STATISTICS resets on read; tp_packets already includes tp_drops
+    try:
+        raw = cap.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+    except OSError:
+        return
+    _pk, drops = _STATS.unpack(raw)
+    cap._drops += drops
+
+
+def _raw_socket_drops(sock: socket.socket) -> int:
+    """The 'drops' column of /proc/net/raw for this socket's inode."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+        with open("/proc/net/raw") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 13 and fields[9] == inode:
+                    return int(fields[12])
+    except (OSError, ValueError, StopIteration):
+        pass
+    return 0
+
+
+def _new_socket(family: int, type_: int, proto: int) -> socket.socket:
+    try:
+        return socket.socket(family, type_, proto)
+    except PermissionError as exc:
+        raise CapturePermissionError(exc.errno, CAP_NET_RAW_MSG) from None
+
+
+def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+    try:  # root may exceed net.core.rmem_max
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, size)
+    except (OSError, AttributeError):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError:
+            pass
+
+
+def open_raw_ip_capture(
+    bpf_program: bytes | None,
+    rcvbuf: int = 64 << 20,
+    *,
+    snaplen: int = 65535,
+    max_batch: int = 64,
+) -> Capture:
+    """``socket(AF_INET, SOCK_RAW, IPPROTO_TCP)``: inbound IPv4 TCP to local
+    addresses, as the C tcpcopy's default capture."""
+    sock = _new_socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    try:
+        sock.setblocking(False)
+        _set_rcvbuf(sock, rcvbuf)
+        if bpf_program is not None:
+            bpf.attach_filter(sock, build_program(bpf_program, snaplen))
+        return RawIPCapture(sock, snaplen, max_batch)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _ifindexes(ifaces: list[str] | None) -> list[int]:
+    if not ifaces or any(i in ("any", "") for i in ifaces):
+        return []
+    out = []
+    for name in ifaces:
+        try:
+            out.append(socket.if_nametoindex(name))
+        except OSError:
+            raise ConfigError(f"no such interface {name!r}") from None
+    return out
+
+
+def open_packet_capture(
+    ifaces: list[str] | None,
+    bpf_program: bytes | None,
+    *,
+    ring: bool = True,
+    ignore_outgoing: bool = False,
+    snaplen: int = 65535,
+    ring_bytes: int | None = None,
+    frame_size: int | None = None,
+    block_size: int | None = None,
+    max_batch: int = 256,
+    rcvbuf: int = 16 << 20,
+) -> Capture:
+    """AF_PACKET/SOCK_DGRAM capture on ``ifaces`` (None, [] or "any" = all).
+
+    One interface: the socket is bound to it.  Several: one unbound socket
+    whose kernel filter checks the interface index.  ``ring_bytes`` defaults
+    to 64 MB for snaplens above 2 KB (about 960 full 64 KB frames) and 16 MB
+    otherwise; ``frame_size`` defaults to what ``snaplen`` needs, and may be
+    set smaller to trade truncation (counted) for memory.
+    ``ignore_outgoing`` drops frames this host sends (PACKET_IGNORE_OUTGOING,
+    or a filter check on older kernels).
+    """
+    if snaplen <= 0 or snaplen > 262144:
+        raise ConfigError(f"snaplen must be in 1..262144, not {snaplen}")
+    idx = _ifindexes(ifaces)
+    # ETH_P_IP would be cheaper, but only ETH_P_ALL taps see outgoing frames
+    proto = ETH_P_IP if ignore_outgoing else ETH_P_ALL
+    sock = _new_socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(proto))
+    try:
+        sock.setblocking(False)
+        drop_out = False
+        if ignore_outgoing:
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            except OSError:
+                drop_out = True
+        bind_idx = idx[0] if len(idx) == 1 else 0
+        prog = build_program(bpf_program, snaplen, idx if len(idx) > 1 else (), drop_out)
+        bpf.attach_filter(sock, prog)
+        if bind_idx:  # unbound = every interface (CPython cannot bind to ifindex 0)
+            sock.bind((socket.if_indextoname(bind_idx), proto))  # CPython applies htons
+        if ring:
+            try:
+                return _ring_capture(sock, snaplen, ring_bytes, frame_size, block_size, max_batch)
+            except OSError as exc:
+                if exc.errno in (errno.EPERM, errno.EACCES):
+                    raise
+                # e.g. ENOMEM for the ring: fall back to recv
+        _set_rcvbuf(sock, rcvbuf)
+        return PacketRecvCapture(sock, snaplen, max_batch=min(max_batch, 64))
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _ring_capture(
+    sock: socket.socket,
+    snaplen: int,
+    ring_bytes: int | None,
+    frame_size: int | None,
+    block_size: int | None,
+    max_batch: int,
+) -> PacketRingCapture:
+    sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+    if frame_size is None:
+        frame_size = _align(_NETOFF_DGRAM + snaplen, 16)
+    frame_size = max(_align(frame_size, 16), _NETOFF_DGRAM + 16)
+    page = mmap.PAGESIZE
+    if block_size is None:
+        block_size = max(_align(frame_size, page), 1 << 17)
+    block_size = _align(max(block_size, frame_size), page)
+    if ring_bytes is None:
+        ring_bytes = (64 << 20) if snaplen > 2048 else (16 << 20)
+    block_nr = max(1, ring_bytes // block_size)
+    return PacketRingCapture(sock, snaplen, frame_size, block_size, block_nr, max_batch)
