@@ -135,12 +135,12 @@ def render_prometheus(
         lines.append(f"# TYPE {full} {'gauge' if is_gauge else 'counter'}")
         series = families[name]
         series.sort(key=lambda s: (s[0] is not None, s[0] or ""))
-        for reason, value in series:
-            if reason is None:
+        for label, value in series:
+            if label is None:
                 lines.append(f"{full} {format_value(value)}")
             else:
                 lines.append(
-                    f'{full}{{reason="{escape_label_value(reason)}"}} {format_value(value)}'
+                    f'{full}{{reason="{escape_label_value(label)}"}} {format_value(value)}'
                 )
     return "\n".join(lines) + "\n" if lines else ""
 
