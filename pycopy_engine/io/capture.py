@@ -409,7 +409,9 @@ def _ring_capture(
     frame_size = max(_align(frame_size, 16), _NETOFF_DGRAM + 16)
     page = mmap.PAGESIZE
     if block_size is None:
-        block_size = max(_align(frame_size, page), 1 << 17)
+        # 128 KB blocks for small frames; one page-rounded frame per block for
+        # big ones (a 64 KB frame in a 128 KB block would waste half of it)
+        block_size = 1 << 17 if frame_size * 4 <= 1 << 17 else _align(frame_size, page)
     block_size = _align(max(block_size, frame_size), page)
     if ring_bytes is None:
         ring_bytes = (64 << 20) if snaplen > 2048 else (16 << 20)

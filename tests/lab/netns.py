@@ -20,11 +20,14 @@ runs from atexit.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 class LabError(RuntimeError):
     pass
+
+
+_CLONE_NEWNET = 0x40000000
+_LIBC: list[Any] = []
+
+
+def _libc() -> Any:
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -269,6 +282,27 @@ class Lab:
                 p.kill()
                 p.wait(5)
         return p.returncode
+
+    @contextlib.contextmanager
+    def inside(self, host: str) -> Iterator[None]:
+        """Move the calling thread into ``host``'s network namespace for the
+        block: sockets made there stay in it (setns(2) is per thread).  Used
+        by tests to open captures and raw senders in a lab host in-process."""
+        ns_path = f"/run/netns/{self.ns[host]}"
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(ns_path, os.O_RDONLY)
+        try:
+            if _libc().setns(target, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise LabError(f"setns({ns_path}): {os.strerror(err)}")
+            try:
+                yield
+            finally:
+                if _libc().setns(own, _CLONE_NEWNET) != 0:
+                    raise LabError("setns back to the original namespace failed")
+        finally:
+            os.close(target)
+            os.close(own)
 
     # -- configuration -----------------------------------------------------------
     def add_route(self, host: str, dst: str, via: str) -> None:

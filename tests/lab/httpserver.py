@@ -1,0 +1,287 @@
+"""A small real HTTP/1.1 server for the lab (selectors, one thread).
+
+    python -m tests.lab.httpserver --port 80 --name online --log FILE [--ready FILE]
+
+* keep-alive by default, ``Connection: close`` honoured (HTTP/1.0 closes
+  unless it asks for keep-alive);
+* request bodies by Content-Length (100 KB uploads and more);
+* ``GET /bytes/N`` returns N deterministic bytes (:func:`pattern`);
+* ``POST``/``PUT`` answer ``{"server", "len", "sha256"}`` of the body;
+* any other ``GET``/``HEAD`` (``/`` too) a small page marked with the name.
+
+Every response carries ``X-Server: <name>``.  One JSON line per request goes
+to the log (method, path, body length, body sha256, client ip and port,
+server name), flushed at least every 100 ms and on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+_PAT_LEN = 1 << 20
+_PAT = bytes((i * 131 + 7) % 251 for i in range(_PAT_LEN))
+MAX_HEADER = 64 * 1024
+MAX_BODY = 64 << 20
+EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+
+
+def pattern(n: int) -> bytes:
+    """The N deterministic bytes ``GET /bytes/N`` returns."""
+    if n <= _PAT_LEN:
+        return _PAT[:n]
+    reps, rest = divmod(n, _PAT_LEN)
+    return _PAT * reps + _PAT[:rest]
+
+
+class _Conn:
+    __slots__ = ("sock", "ip", "port", "inbuf", "out", "close_after", "closed")
+
+    def __init__(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        self.sock = sock
+        self.ip, self.port = addr[0], addr[1]
+        self.inbuf = bytearray()
+        self.out: list[memoryview] = []
+        self.close_after = False
+        self.closed = False
+
+
+class Server:
+    def __init__(self, port: int, name: str, log_path: str | None, bind: str = "0.0.0.0") -> None:
+        self.name = name
+        self.sel = selectors.DefaultSelector()
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((bind, port))
+        self.lsock.listen(1024)
+        self.lsock.setblocking(False)
+        self.sel.register(self.lsock, selectors.EVENT_READ, None)
+        self.log = open(log_path, "a", buffering=1 << 16) if log_path else None
+        self.pending_log: list[str] = []
+        self.stopping = False
+        self.requests = 0
+
+    # -- logging -------------------------------------------------------------
+    def flush_log(self) -> None:
+        if self.log is not None and self.pending_log:
+            self.log.write("".join(self.pending_log))
+            self.log.flush()
+        self.pending_log.clear()
+
+    # -- connections ---------------------------------------------------------
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = self.lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Conn(sock, addr)
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _readable(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        conn.inbuf += data
+        self._parse(conn)
+        self._flush(conn)
+
+    def _parse(self, conn: _Conn) -> None:
+        buf = conn.inbuf
+        while not conn.close_after:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEADER:
+                    self._close(conn)
+                return
+            head = bytes(buf[:end]).decode("latin-1")
+            lines = head.split("\r\n")
+            parts = lines[0].split(" ")
+            if len(parts) != 3:
+                self._close(conn)
+                return
+            method, target, version = parts
+            headers = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            try:
+                clen = int(headers.get("content-length", "0"))
+            except ValueError:
+                self._close(conn)
+                return
+            if clen < 0 or clen > MAX_BODY:
+                self._close(conn)
+                return
+            total = end + 4 + clen
+            if len(buf) < total:
+                return
+            body = bytes(buf[end + 4 : total])
+            del buf[:total]
+            conn_hdr = headers.get("connection", "").lower()
+            if version == "HTTP/1.0":
+                keep = conn_hdr == "keep-alive"
+            else:
+                keep = conn_hdr != "close"
+            self._respond(conn, method, target, body, keep)
+            if not keep:
+                conn.close_after = True
+
+    def _respond(self, conn: _Conn, method: str, target: str, body: bytes, keep: bool) -> None:
+        self.requests += 1
+        sha = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA
+        rec = {
+            "method": method,
+            "path": target,
+            "body_len": len(body),
+            "body_sha256": sha,
+            "client_ip": conn.ip,
+            "client_port": conn.port,
+            "server": self.name,
+            "time": round(time.time(), 6),
+        }
+        self.pending_log.append(json.dumps(rec, separators=(",", ":")) + "\n")
+        path = target.split("?", 1)[0]
+        ctype = "text/html"
+        if method in ("POST", "PUT"):
+            payload = json.dumps({"server": self.name, "len": len(body), "sha256": sha}).encode()
+            ctype = "application/json"
+        elif path.startswith("/bytes/"):
+            try:
+                n = int(path[7:])
+            except ValueError:
+                n = -1
+            if n < 0 or n > MAX_BODY:
+                payload = b"bad size\n"
+            else:
+                payload = pattern(n)
+                ctype = "application/octet-stream"
+        else:
+            payload = (
+                f"<html><body><h1>server {self.name}</h1><p>{method} {target}</p></body></html>\n"
+            ).encode()
+        head = (
+            f"HTTP/1.1 200 OK\r\nServer: pycopy-lab\r\nX-Server: {self.name}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(payload)}\r\n"
+            f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n"
+        ).encode()
+        if method == "HEAD":
+            conn.out.append(memoryview(head))
+        elif len(payload) < 16384:
+            conn.out.append(memoryview(head + payload))
+        else:
+            conn.out.append(memoryview(head))
+            conn.out.append(memoryview(payload))
+
+    def _flush(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        out = conn.out
+        while out:
+            try:
+                sent = conn.sock.send(out[0])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._close(conn)
+                return
+            if sent < len(out[0]):
+                out[0] = out[0][sent:]
+                break
+            out.pop(0)
+        if out:
+            self.sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            return
+        if conn.close_after:
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self._close(conn)
+            return
+        self.sel.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    # -- main loop -----------------------------------------------------------
+    def serve(self) -> None:
+        next_flush = time.monotonic() + 0.1
+        while not self.stopping:
+            for key, mask in self.sel.select(0.05):
+                conn = key.data
+                if conn is None:
+                    self._accept()
+                    continue
+                if mask & selectors.EVENT_READ:
+                    self._readable(conn)
+                if mask & selectors.EVENT_WRITE and not conn.closed:
+                    self._flush(conn)
+            now = time.monotonic()
+            if now >= next_flush:
+                self.flush_log()
+                next_flush = now + 0.1
+        self.flush_log()
+
+    def close(self) -> None:
+        self.flush_log()
+        for key in list(self.sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.sel.close()
+        if self.log is not None:
+            self.log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, default=80)
+    ap.add_argument("--bind", default="0.0.0.0")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--log", help="JSON-lines request log")
+    ap.add_argument("--ready", help="file created once listening")
+    args = ap.parse_args(argv)
+    server = Server(args.port, args.name, args.log, args.bind)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        server.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if args.ready:
+        with open(args.ready + ".tmp", "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(args.ready + ".tmp", args.ready)
+    print(f"listening on {args.bind}:{args.port} as {args.name}", file=sys.stderr, flush=True)
+    try:
+        server.serve()
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
