@@ -1,0 +1,64 @@
+# shellcheck shell=bash
+# Shared settings of the pycopy nspawn host lab (sourced by the other scripts).
+#
+# Every object the lab creates carries the prefix "$PCM_PREFIX" (default pcm):
+# network namespaces, bridges, veths, overlay mounts, cgroup directories and
+# machine names.  Teardown removes only objects with that prefix, and stops
+# processes by the PID files it wrote, never by name.
+
+PCM_PREFIX="${PCM_PREFIX:-pcm}"
+# Debootstrap base, cached between runs (outside the repository).
+PCM_CACHE_DIR="${PCM_CACHE_DIR:-/var/cache/pycopy-lab}"
+PCM_BASE="$PCM_CACHE_DIR/bookworm-base"
+# Per-run state: overlay upper/work dirs, roots, PID files, SSH key.
+PCM_STATE_DIR="${PCM_STATE_DIR:-/var/lib/pycopy-lab/$PCM_PREFIX}"
+PCM_LOCK="/run/$PCM_PREFIX-lab.lock"
+
+# Management network (controller <-> hosts, SSH) and data network (replayed traffic).
+PCM_MGMT_NET="10.242.0"
+PCM_DATA_NET="10.242.1"
+PCM_CONTROLLER_IP="$PCM_MGMT_NET.1"
+PCM_BR_MGMT="$PCM_PREFIX-mgmt"
+PCM_BR_DATA="$PCM_PREFIX-data"
+
+# host name -> last octet (same on both networks), short tag for link names.
+PCM_HOSTS=(client online target assistant)
+declare -A PCM_OCTET=([client]=10 [online]=11 [target]=12 [assistant]=13)
+declare -A PCM_TAG=([client]=cl [online]=on [target]=tg [assistant]=as)
+
+pcm_log() { printf '[%s-lab] %s\n' "$PCM_PREFIX" "$*" >&2; }
+pcm_die() { pcm_log "error: $*"; exit 1; }
+
+pcm_require_root() {
+  [[ $(id -u) -eq 0 ]] || pcm_die "must run as root"
+}
+
+pcm_machine() { printf '%s-%s' "$PCM_PREFIX" "$1"; }
+pcm_netns() { printf '%s-%s' "$PCM_PREFIX" "$1"; }
+pcm_root() { printf '%s/%s/root' "$PCM_STATE_DIR" "$1"; }
+
+# cgroup hierarchies nspawn uses here (hybrid v1+v2), or pure v2.
+pcm_cgroup_dirs() {
+  local host="$1" name
+  name="$(pcm_machine "$host")"
+  if [[ -d /sys/fs/cgroup/systemd && -d /sys/fs/cgroup/unified ]]; then
+    printf '%s\n' "/sys/fs/cgroup/systemd/$name" "/sys/fs/cgroup/unified/$name"
+  elif [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    printf '%s\n' "/sys/fs/cgroup/$name"
+  elif [[ -d /sys/fs/cgroup/systemd ]]; then
+    printf '%s\n' "/sys/fs/cgroup/systemd/$name"
+  fi
+}
+
+# The Debian mirror this machine's apt already uses (never hard-coded).
+pcm_debian_mirror() {
+  local src=/etc/apt/sources.list.d/debian.sources uri=""
+  if [[ -r $src ]]; then
+    uri="$(awk '/^URIs:/ {for (i = 2; i <= NF; i++) if ($i !~ /security/) {print $i; exit}}' "$src")"
+  fi
+  if [[ -z $uri && -r /etc/apt/sources.list ]]; then
+    uri="$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file):/) {print $i; exit}}' /etc/apt/sources.list)"
+  fi
+  [[ -n $uri ]] || pcm_die "no Debian mirror found in /etc/apt/sources.list.d/debian.sources"
+  printf '%s\n' "$uri"
+}
