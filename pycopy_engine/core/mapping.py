@@ -1,0 +1,146 @@
+"""Address mapping of replayed sessions: -x maps, -c/-H client rewriting, -f/-n
+port allocation without colliding 4-tuples, and -r/-g session sampling.
+
+Everything here is pure: randomness comes from a ``random.Random`` passed in,
+time from the caller.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+Key = Tuple[bytes, int, bytes, int]  # (client ip, client port, target ip, target port)
+
+LOCALHOST = bytes((127, 0, 0, 1))
+PORT_MIN = 1024
+
+
+@dataclass(frozen=True)
+class TargetMap:
+    """One ``-x`` entry: [online_ip:]online_port-target_ip:target_port."""
+
+    online_ip: Optional[bytes]
+    online_port: int
+    target_ip: bytes
+    target_port: int
+
+
+def find_map(maps: Sequence[TargetMap], dst: bytes, dport: int) -> Optional[TargetMap]:
+    """The first map whose online address matches a captured packet's destination."""
+    for m in maps:
+        if m.online_port == dport and (m.online_ip is None or m.online_ip == dst):
+            return m
+    return None
+
+
+def wrap_port(port: int) -> int:
+    """Fold a shifted port back into 1024..65535 (C wraps to 1024 + overflow)."""
+    if port <= 0xFFFF:
+        return port
+    return PORT_MIN + (port - PORT_MIN) % (0x10000 - PORT_MIN)
+
+
+class AddressMapper:
+    """Chooses the (client ip, client port) the target sees for each replayed copy.
+
+    * ``-c``: each original client IP is bound, round-robin and for the life of
+      the process, to one address of the list (copy *i* uses the next ones).
+    * ``-H``: a captured 127.0.0.1 source becomes this address.
+    * ``-f``: every port is shifted by ``(f << 11) + R``; ``-n``: copy *i* is
+      shifted by a further ``(2i - 1) * 32``, R being random per process.
+    * The chosen 4-tuple is checked against live sessions (``in_use``) and
+      moved to the next free port if taken; each such move is counted by the
+      caller as an avoided collision.
+    """
+
+    def __init__(self, clt_ips: Sequence[bytes] = (), localhost_ip: Optional[bytes] = None,
+                 port_shift: int = 0, rng: Optional[random.Random] = None) -> None:
+        self.clt_ips = list(clt_ips)
+        self.localhost_ip = localhost_ip
+        rng = rng or random.Random()
+        self.rand = rng.randrange(512)
+        self.shift = (port_shift << 11) + self.rand if port_shift else 0
+        self._ip_slot: Dict[bytes, int] = {}
+
+    def client_ip(self, orig_ip: bytes, copy: int = 0) -> bytes:
+        if self.clt_ips:
+            slot = self._ip_slot.get(orig_ip)
+            if slot is None:
+                slot = self._ip_slot[orig_ip] = len(self._ip_slot) % len(self.clt_ips)
+            return self.clt_ips[(slot + copy) % len(self.clt_ips)]
+        if orig_ip == LOCALHOST and self.localhost_ip is not None:
+            return self.localhost_ip
+        return orig_ip
+
+    def preferred_port(self, orig_port: int, copy: int, salt: int = 0) -> int:
+        port = orig_port + self.shift + salt
+        if copy:
+            port += (2 * copy - 1) * 32 + self.rand
+        return wrap_port(port)
+
+    def allocate(self, orig_ip: bytes, orig_port: int, copy: int, target_ip: bytes,
+                 target_port: int, in_use: Callable[[Key], bool],
+                 salt: int = 0) -> Tuple[Key, int]:
+        """(key the target will see, number of occupied ports skipped)."""
+        ip = self.client_ip(orig_ip, copy)
+        port = self.preferred_port(orig_port, copy, salt)
+        skipped = 0
+        key = (ip, port, target_ip, target_port)
+        while in_use(key):
+            skipped += 1
+            if skipped >= 0x10000 - PORT_MIN:
+                raise RuntimeError("no free client port towards the target")
+            port = port + 1 if port < 0xFFFF else PORT_MIN
+            key = (ip, port, target_ip, target_port)
+        return key, skipped
+
+
+class Sampler:
+    """``-r``/``-g``: keep a session or not, the same answer for every packet of it."""
+
+    def __init__(self, percent: int = 100, gradual: bool = False) -> None:
+        if percent <= 0 or percent >= 100:
+            percent = 100
+        self.percent = percent
+        self.gradual = gradual
+        self.first: Optional[float] = None
+
+    def keep(self, src: bytes, sport: int, now: float) -> bool:
+        pct = self.percent
+        if self.gradual:
+            if self.first is None:
+                self.first = now
+            pct = min(pct, int(now - self.first) + 1)
+        if pct >= 100:
+            return True
+        return zlib.crc32(src + sport.to_bytes(2, "big")) % 100 < pct
+
+
+def parse_ip(text: str) -> bytes:
+    import socket
+
+    return socket.inet_aton(text) if text.count(".") == 3 else socket.inet_pton(socket.AF_INET6, text)
+
+
+def expand_clt_ips(spec: str, target_ips: Sequence[bytes] = ()) -> List[bytes]:
+    """``-c`` value: a comma list of IPs, where ``a.b.c.x`` means .1-.254.
+
+    Addresses equal to a target IP are skipped, as in C; at most 4096.
+    """
+    out: List[bytes] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.endswith(".x"):
+            base = item[:-2]
+            out.extend(parse_ip("%s.%d" % (base, i)) for i in range(1, 255))
+        else:
+            out.append(parse_ip(item))
+    out = [ip for ip in out if ip not in target_ips]
+    if len(out) > 4096:
+        raise ValueError("more than 4096 client addresses")
+    return out
