@@ -54,6 +54,7 @@ _NETOFF_DGRAM = ((TPACKET2_HDRLEN + 15) & ~15) + 16  # where the IP header lands
 _STATS = struct.Struct("=II")  # struct tpacket_stats: tp_packets, tp_drops
 _ZERO4 = b"\0\0\0\0"
 
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # not exported by CPython
 CAP_NET_RAW_MSG = "capturing needs CAP_NET_RAW (run as root or grant the capability)"
 
 
@@ -298,8 +299,8 @@ def _new_socket(family: int, type_: int, proto: int) -> socket.socket:
 
 def _set_rcvbuf(sock: socket.socket, size: int) -> None:
     try:  # root may exceed net.core.rmem_max
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, size)
-    except (OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
         except OSError:

@@ -16,7 +16,8 @@ import socket
 from pycopy_engine.core.stats import Stats
 from pycopy_engine.io.capture import CAP_NET_RAW_MSG, CapturePermissionError
 
-_ERRNAMES = {}
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # not exported by CPython
+_ERRNAMES: dict[int, str] = {}
 
 
 def _errname(code: int) -> str:
@@ -42,7 +43,7 @@ class RawSender:
         try:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
             try:  # root may exceed net.core.wmem_max
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUFFORCE, sndbuf)
+                sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, sndbuf)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             sock.setblocking(False)

@@ -1,0 +1,323 @@
+"""Capture, kernel filters and raw sending for real, in the netns lab.
+
+Sockets are opened inside a lab host with ``lab.inside(host)`` (setns for the
+calling thread) and used from the test; traffic comes from the real HTTP
+client and servers (tests/lab) or from packets built with scapy.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+import pytest
+
+from pycopy_engine.core.stats import Stats
+from pycopy_engine.io import bpf
+from pycopy_engine.io.capture import (
+    Capture,
+    CapturePermissionError,
+    open_packet_capture,
+    open_raw_ip_capture,
+)
+from pycopy_engine.io.rawsend import RawSender
+from tests.lab.services import run_client
+
+pytestmark = pytest.mark.lab
+
+_IP_TCP = struct.Struct("!BBHHHBBH4s4sHHIIBB")
+
+
+def parse(pkt: bytes) -> dict:
+    (
+        vihl,
+        _tos,
+        tot_len,
+        _id,
+        _frag,
+        _ttl,
+        proto,
+        _sum,
+        src,
+        dst,
+        sport,
+        dport,
+        seq,
+        ack,
+        _off,
+        flags,
+    ) = _IP_TCP.unpack_from(pkt)
+    return {
+        "src": socket.inet_ntoa(src),
+        "dst": socket.inet_ntoa(dst),
+        "proto": proto,
+        "sport": sport,
+        "dport": dport,
+        "seq": seq,
+        "ack": ack,
+        "flags": flags,
+        "tot_len": tot_len,
+        "caplen": len(pkt),
+        "version": vihl >> 4,
+    }
+
+
+def drain(
+    cap: Capture, until: Callable[[list[bytes]], bool] | None = None, timeout: float = 3.0
+) -> list[bytes]:
+    """Read packets (copies) until ``until(pkts)`` or ``timeout``; with no
+    ``until``, until the capture has been quiet for 0.3 s."""
+    pkts: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        select.select([cap], [], [], 0.05)
+        n = cap.read_batch(lambda p: pkts.append(bytes(p)))
+        if n:
+            quiet_since = time.monotonic()
+        if until is not None and until(pkts):
+            break
+        if until is None and time.monotonic() - quiet_since > 0.3:
+            break
+    return pkts
+
+
+@pytest.fixture(scope="module")
+def servers(http_servers):
+    return http_servers
+
+
+@pytest.mark.parametrize("ring", [True, False], ids=["ring", "recv"])
+def test_packet_capture_sees_client_to_online(lab, servers, ring):
+    prog = bpf.compile_filter("tcp and dst port 80")
+    with lab.inside("online"):
+        cap = open_packet_capture(["eth0"], prog, ring=ring)
+    try:
+        assert cap.kind == ("packet-ring" if ring else "packet-recv")
+        res = run_client(lab, requests=20, connections=1, mode="close", tag=f"cap{ring}")
+        assert res["ok"] == 20
+        pkts = [parse(p) for p in drain(cap)]
+        syns = [p for p in pkts if p["flags"] & 0x02]
+        assert len(syns) == 20
+        assert all(p["src"] == lab.ip["client"] and p["dst"] == lab.ip["online"] for p in pkts)
+        assert all(p["dport"] == 80 and p["version"] == 4 for p in pkts)
+        assert all(p["caplen"] == p["tot_len"] for p in pkts)  # whole packets
+        st = cap.kernel_stats()
+        assert st["drops"] == 0 and st["truncated"] == 0 and st["packets"] >= len(pkts)
+    finally:
+        cap.close()
+
+
+def test_filter_drops_other_ports_and_directions(lab, servers):
+    prog = bpf.compile_filter("tcp and dst port 80")
+    with lab.inside("online"):
+        cap = open_packet_capture(["eth0"], prog)
+        unfiltered = open_packet_capture(["eth0"], None)
+    try:
+        run_client(lab, requests=5, connections=1, tag="flt")
+        # connection attempts to a closed port: the online host answers RST
+        lab.run(
+            "client",
+            [
+                "python3",
+                "-c",
+                (
+                    "import socket\n"
+                    "for p in (81, 82, 8080):\n"
+                    "    s = socket.socket(); s.settimeout(1)\n"
+                    f"    try: s.connect(('{lab.ip['online']}', p))\n"
+                    "    except OSError: pass\n"
+                ),
+            ],
+        )
+        seen = [parse(p) for p in drain(cap)]
+        everything = [parse(p) for p in drain(unfiltered)]
+        assert seen and all(p["dport"] == 80 for p in seen)
+        # the unfiltered capture proves the other packets did cross eth0
+        other = {p["dport"] for p in everything if p["dst"] == lab.ip["online"]}
+        assert {81, 82, 8080} <= other
+        assert any(p["sport"] == 80 for p in everything)  # online's own answers
+    finally:
+        cap.close()
+        unfiltered.close()
+
+
+def test_ignore_outgoing(lab, servers):
+    prog = bpf.compile_filter("tcp and port 80")
+    with lab.inside("online"):
+        both = open_packet_capture(["eth0"], prog)
+        inbound = open_packet_capture(["eth0"], prog, ignore_outgoing=True)
+    try:
+        run_client(lab, requests=5, connections=1, tag="out")
+        a = [parse(p) for p in drain(both)]
+        b = [parse(p) for p in drain(inbound)]
+        assert any(p["src"] == lab.ip["online"] for p in a)
+        assert b and all(p["dst"] == lab.ip["online"] for p in b)
+        assert len(b) == sum(1 for p in a if p["dst"] == lab.ip["online"])
+    finally:
+        both.close()
+        inbound.close()
+
+
+def test_interface_selection(lab, servers):
+    with lab.inside("online"):
+        lo_only = open_packet_capture(["lo"], bpf.compile_filter("tcp and dst port 80"))
+        two = open_packet_capture(["lo", "eth0"], bpf.compile_filter("tcp and dst port 80"))
+        anyif = open_packet_capture(["any"], bpf.compile_filter("tcp and dst port 80"))
+    try:
+        run_client(lab, requests=3, connections=1, tag="ifs")
+        assert drain(lo_only, timeout=1.0) == []
+        n_two = len(drain(two))
+        n_any = len(drain(anyif))
+        assert n_two > 0 and n_two == n_any
+    finally:
+        for c in (lo_only, two, anyif):
+            c.close()
+
+
+def test_snaplen_and_truncation(lab, servers):
+    prog = bpf.compile_filter("tcp and dst port 80")
+    with lab.inside("online"):
+        short = open_packet_capture(["eth0"], prog, snaplen=120)
+        small_frames = open_packet_capture(["eth0"], prog, frame_size=80 + 256)
+    try:
+        run_client(lab, requests=4, connections=1, kind="upload", upload_size=20000, tag="trn")
+        a = [parse(p) for p in drain(short)]
+        assert max(p["caplen"] for p in a) == 120
+        assert any(p["tot_len"] > 1000 for p in a)  # tot_len still tells the real size
+        assert short.kernel_stats()["truncated"] == 0  # cut as asked: not counted
+        b = drain(small_frames)
+        assert max(len(p) for p in b) == 256
+        assert (
+            small_frames.kernel_stats()["truncated"]
+            == sum(1 for p in b if parse(p)["tot_len"] > 256)
+            > 0
+        )
+    finally:
+        short.close()
+        small_frames.close()
+
+
+def test_raw_ip_capture_sees_inbound_tcp(lab, servers):
+    with lab.inside("online"):
+        cap = open_raw_ip_capture(bpf.compile_filter("tcp and dst port 80"))
+        nofilter = open_raw_ip_capture(None)
+    try:
+        assert cap.kind == "raw-ip"
+        run_client(lab, requests=3, connections=1, tag="raw")
+        pkts = [parse(p) for p in drain(cap)]
+        assert sum(1 for p in pkts if p["flags"] & 0x02) == 1
+        assert all(p["dport"] == 80 and p["dst"] == lab.ip["online"] for p in pkts)
+        assert drain(nofilter)  # sees the same traffic without a filter
+        assert cap.kernel_stats()["drops"] == 0
+        # SO_RCVBUFFORCE went past rmem_max (the kernel reports twice the size)
+        assert cap.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 64 << 20
+    finally:
+        cap.close()
+        nofilter.close()
+
+
+def _syn(src: str, dst: str, sport: int, seq: int, flags: str = "S") -> bytes:
+    from scapy.layers.inet import IP, TCP
+
+    return bytes(
+        IP(src=src, dst=dst, id=0, flags="DF") / TCP(sport=sport, dport=80, flags=flags, seq=seq)
+    )
+
+
+def test_raw_send_syn_answer_reaches_assistant(lab, servers):
+    """A handcrafted SYN from online (spoofing the client) reaches the target,
+    whose SYN-ACK is routed to the assistant and captured there."""
+    stats = Stats()
+    sport = 40123
+    with lab.inside("assistant"):
+        cap = open_packet_capture(
+            ["eth0"], bpf.compile_filter(f"tcp and src port 80 and dst port {sport}"), snaplen=120
+        )
+    with lab.inside("online"):
+        sender = RawSender(stats)
+    try:
+        pkt = _syn(lab.ip["client"], lab.ip["target"], sport, 1000)
+        assert sender.send(pkt, socket.inet_aton(lab.ip["target"]))
+
+        def got_synack(pkts: list[bytes]) -> bool:
+            return any(parse(p)["flags"] & 0x12 == 0x12 for p in pkts)
+
+        pkts = [parse(p) for p in drain(cap, got_synack, timeout=5.0)]
+        synack = [p for p in pkts if p["flags"] & 0x12 == 0x12]
+        assert synack, pkts
+        assert synack[0]["src"] == lab.ip["target"] and synack[0]["dst"] == lab.ip["client"]
+        assert synack[0]["ack"] == 1001
+        # tidy up: reset the half-open connection on the target
+        sender.send(
+            _syn(lab.ip["client"], lab.ip["target"], sport, 1001, "R"),
+            socket.inet_aton(lab.ip["target"]),
+        )
+        assert sender.sent == 2 and not stats.c
+    finally:
+        cap.close()
+        sender.close()
+
+
+def test_raw_send_errors_are_counted_not_raised(lab):
+    stats = Stats()
+    with lab.inside("online"):
+        sender = RawSender(stats)
+    try:
+        big = bytearray(_syn(lab.ip["online"], lab.ip["target"], 40200, 1))
+        big += b"x" * 3000  # larger than the 1500-byte MTU, DF set
+        struct.pack_into("!H", big, 2, len(big))
+        assert sender.send(bytes(big), socket.inet_aton(lab.ip["target"])) is False
+        assert stats.c["send_error:EMSGSIZE"] == 1
+        assert sender.send(b"\x45\x00", socket.inet_aton(lab.ip["target"])) is False
+        assert sender.failed == 2 and sum(stats.by_reason("send_error").values()) == 2
+    finally:
+        sender.close()
+
+
+def test_capture_without_cap_net_raw_explains():
+    import os
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    code = (
+        "import os\n"
+        "from pycopy_engine.io.capture import open_packet_capture, CapturePermissionError\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "try:\n"
+        "    open_packet_capture(None, None)\n"
+        "except CapturePermissionError as e:\n"
+        "    print('ERR', e.strerror)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert "ERR capturing needs CAP_NET_RAW" in out.stdout, out.stderr
+    assert issubclass(CapturePermissionError, PermissionError)
+
+
+def test_ring_keeps_offload_super_packets_whole(lab, servers):
+    """veth passes TSO super-packets unsplit: the ring's default frames hold
+    them whole (tcpcopy needs full payloads)."""
+    prog = bpf.compile_filter("tcp and dst port 80")
+    with lab.inside("online"):
+        cap = open_packet_capture(["eth0"], prog)
+    try:
+        res = run_client(
+            lab, requests=3, connections=1, kind="upload", upload_size=100_000, tag="gso"
+        )
+        assert res["ok"] == 3
+        pkts = [parse(p) for p in drain(cap)]
+        assert all(p["caplen"] == p["tot_len"] for p in pkts)
+        payload = sum(p["tot_len"] - 40 for p in pkts)  # lower bound: >= 20+20 headers
+        assert payload >= 300_000
+        print("largest captured packet:", max(p["tot_len"] for p in pkts))
+        assert cap.kernel_stats()["truncated"] == 0
+    finally:
+        cap.close()
