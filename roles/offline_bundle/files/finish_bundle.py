@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Finish a pycopy offline bundle: apt index for the .debs, manifest, checksums.
+
+Usage: finish_bundle.py STAGING_DIR
+
+STAGING_DIR holds wheels/ and debs/. Writes:
+  debs/Packages       flat apt repository index (deb [trusted=yes] file:DIR ./)
+  manifest.json       engine version, Python and Debian contents, sha256 per file
+  SHA256SUMS          the same checksums, for `sha256sum -c` on the hosts
+Only the standard library and dpkg-deb are used.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def deb_stanza(deb: Path) -> tuple[str, dict[str, str]]:
+    control = subprocess.run(
+        ["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True
+    ).stdout.rstrip("\n")
+    md5 = hashlib.md5(deb.read_bytes(), usedforsecurity=False).hexdigest()
+    extra = (
+        f"Filename: ./{deb.name}\nSize: {deb.stat().st_size}\n"
+        f"MD5sum: {md5}\nSHA256: {sha256(deb)}"
+    )
+    fields = {}
+    for line in control.splitlines():
+        if line[:1] not in (" ", "\t") and ":" in line:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return control + "\n" + extra + "\n", fields
+
+
+def wheel_name_version(wheel: Path) -> tuple[str, str]:
+    parts = wheel.name.split("-")
+    return parts[0], parts[1]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    root = Path(argv[1])
+    wheels = sorted((root / "wheels").glob("*.whl"))
+    debs = sorted((root / "debs").glob("*.deb"))
+    if not any(wheel_name_version(w)[0] == "pycopy_engine" for w in wheels):
+        print("no pycopy_engine wheel in the bundle", file=sys.stderr)
+        return 1
+
+    stanzas, deb_list = [], []
+    for deb in debs:
+        stanza, fields = deb_stanza(deb)
+        stanzas.append(stanza)
+        deb_list.append({"package": fields.get("Package", ""), "version": fields.get("Version", ""),
+                         "architecture": fields.get("Architecture", ""), "file": f"debs/{deb.name}"})
+    (root / "debs" / "Packages").write_text("\n".join(stanzas), encoding="utf-8")
+
+    files = sorted(p for p in root.rglob("*") if p.is_file()
+                   and p.name not in ("manifest.json", "SHA256SUMS"))
+    checksums = {str(p.relative_to(root)): sha256(p) for p in files}
+    engine = next(w for w in wheels if wheel_name_version(w)[0] == "pycopy_engine")
+    manifest = {
+        "format": 1,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "engine": {"version": wheel_name_version(engine)[1], "wheel": f"wheels/{engine.name}",
+                   "sha256": checksums[f"wheels/{engine.name}"]},
+        "wheels": [{"name": n, "version": v, "file": f"wheels/{w.name}"}
+                   for w in wheels for n, v in [wheel_name_version(w)]],
+        "debian": {"suite": "bookworm", "packages": deb_list},
+        "sha256": checksums,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (root / "SHA256SUMS").write_text(
+        "".join(f"{digest}  {name}\n" for name, digest in checksums.items()), encoding="utf-8")
+    print(json.dumps({"engine": manifest["engine"]["version"], "wheels": len(wheels),
+                      "debs": len(debs), "files": len(checksums)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
