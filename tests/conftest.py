@@ -10,10 +10,6 @@ and for ``run_client``.
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,39 +20,14 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from tests.lab.netns import Lab, cleanup_prefix, reap_orphans  # noqa: E402
+from tests.lab.netns import (  # noqa: E402
+    Lab,
+    cleanup_prefix,
+    lab_unavailable,
+    new_lab_prefix,
+    reap_orphans,
+)
 from tests.lab.services import HttpServerProc  # noqa: E402
-
-_LAB_REASON: list[str] = []
-
-
-def lab_unavailable() -> str | None:
-    """Why the lab cannot run here, or None."""
-    if _LAB_REASON:
-        return _LAB_REASON[0] or None
-    reason = ""
-    if os.geteuid() != 0:
-        reason = "the netns lab needs root"
-    elif shutil.which("ip") is None:
-        reason = "the netns lab needs iproute2 (ip)"
-    else:
-        probe = f"pt{secrets.token_hex(3)}-probe"
-        res = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-        if res.returncode != 0:
-            reason = f"ip netns add failed: {res.stderr.strip()}"
-        else:
-            subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    _LAB_REASON.append(reason)
-    return reason or None
-
-
-def new_lab_prefix() -> tuple[str, str]:
-    """A prefix no namespace uses yet, and the subnet derived from it."""
-    existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    while True:
-        prefix = "pt" + secrets.token_hex(2)[:3]
-        if f"{prefix}-" not in existing:
-            return prefix, f"10.231.{100 + int(prefix[2:], 16) % 100}"
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ import atexit
 import contextlib
 import ctypes
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,3 +318,35 @@ class Lab:
 
     def read_sysctl(self, host: str, key: str) -> str:
         return self.run(host, ["sysctl", "-n", key], timeout=10).stdout.strip()
+
+
+_LAB_REASON: list[str] = []
+
+
+def lab_unavailable() -> str | None:
+    """Why the lab cannot run here, or None."""
+    if _LAB_REASON:
+        return _LAB_REASON[0] or None
+    reason = ""
+    if os.geteuid() != 0:
+        reason = "the netns lab needs root"
+    elif shutil.which("ip") is None:
+        reason = "the netns lab needs iproute2 (ip)"
+    else:
+        probe = f"pt{secrets.token_hex(3)}-probe"
+        res = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+        if res.returncode != 0:
+            reason = f"ip netns add failed: {res.stderr.strip()}"
+        else:
+            subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    _LAB_REASON.append(reason)
+    return reason or None
+
+
+def new_lab_prefix() -> tuple[str, str]:
+    """A prefix no namespace uses yet, and the subnet derived from it."""
+    existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    while True:
+        prefix = "pt" + secrets.token_hex(2)[:3]
+        if f"{prefix}-" not in existing:
+            return prefix, f"10.231.{100 + int(prefix[2:], 16) % 100}"
