@@ -67,7 +67,8 @@ class Engine:
         self.tx: List[Tuple[bytes, bytes]] = []
         self.ctl_out: List[bytes] = []
         self.buffered = 0
-        self.port_salt = 0
+        self.port_salt = 0  # offline rounds: fresh client ports per round
+        self.flow_tag = 0  # offline rounds: the same capture file is a new flow each round
         self._heap: List[tuple] = []
         self._tick = itertools.count()
         self._acks: Set[Session] = set()
@@ -117,7 +118,7 @@ class Engine:
         if seg.src == m.target_ip and seg.sport == m.target_port:
             c["drop:from_target"] += 1
             return
-        flow = (seg.src, seg.sport, seg.dst, seg.dport)
+        flow = (seg.src, seg.sport, seg.dst, seg.dport, self.flow_tag)
         sessions = self.flows.get(flow)
         flags = seg.flags
         if flags & SYN and not flags & ACK:
@@ -188,7 +189,7 @@ class Engine:
         s = self.sessions.get(key)
         if s is None:
             if key in self.time_wait:
-                c["drop:resp_after_close"] += 1
+                c["resp_after_close"] += 1  # e.g. the ACK of our last FIN
             else:
                 c["drop:resp_no_session"] += 1
             return

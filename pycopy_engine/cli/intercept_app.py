@@ -1,0 +1,210 @@
+"""intercept's process: AF_PACKET capture of responses, the route table, and
+any number of tcpcopy connections, none of which can stall the others."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from typing import Dict, List
+
+from ..core.router import Combiner, Router
+from ..core.stats import Stats
+from ..errors import ProtocolError, WireError
+from ..io.capture import open_packet_capture
+from ..io.channel import Peer, listen
+from ..io.loop import Loop
+from ..wire.control import MSG_CLIENT_ADD, VERSION, ClientMsgDecoder, make_record
+from .common import install_stop_signals, reasons, remove_pid, version_line, write_pid
+from .statsout import StatsOutput
+
+SNAPLEN = 128  # a full IPv4 header and a full TCP header (60 + 60) fit
+
+
+class InterceptApp:
+    def __init__(self, args: argparse.Namespace, stats: Stats, log: logging.Logger) -> None:
+        self.args = args
+        self.stats = stats
+        self.log = log
+        self.loop = Loop()
+        self.router = Router(stats, route_ttl=float(args.route_ttl), max_routes=args.max_routes)
+        self.peers: Dict[Peer, Combiner] = {}
+        self.dirty: List[Peer] = []
+        self.combined = not args.uncombined
+        ifaces = [i for i in (args.iface or "").split(",") if i] or None
+        self.capture = open_packet_capture(ifaces, args.bpf, snaplen=SNAPLEN)
+        self.listener = listen(args.bind, args.port)
+        self.allow = args.allow
+        self.rewrite = args.rewrite
+        self.exit_status = 0
+        stats.add_gauge("tcpcopy_links", lambda: len(self.peers))
+        stats.add_gauge("capture_kernel_drops", lambda: self.capture.kernel_stats().get("drops", 0))
+        self.out = StatsOutput(self.loop, "intercept", stats, log, self._stat_lines, args)
+
+    # ------------------------------------------------------------ control side
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log.error("accept failed: %s", exc.strerror)
+                return
+            if self.allow is not None and not any(
+                    ipaddress.IPv4Address(addr[0]) in n for n in self.allow):
+                self.stats.c["control_refused:not_allowed"] += 1
+                self.log.warning("refused control connection from %s:%d (not in --allow)", *addr)
+                sock.close()
+                continue
+            peer = Peer(self.loop, sock, "%s:%d" % addr, self._data, self._closed, self.stats)
+            peer.tag = ClientMsgDecoder()
+            self.peers[peer] = Combiner()
+            self.stats.c["control_accepted"] += 1
+            self.log.info("it adds fd:%d (tcpcopy %s)", peer.fd, peer.name)
+
+    def _data(self, peer: Peer, data: bytes) -> None:
+        dec: ClientMsgDecoder = peer.tag  # type: ignore[assignment]
+        first = dec.version is None
+        try:
+            msgs = dec.feed(data)
+        except ProtocolError as exc:
+            self.stats.c["control_protocol_errors"] += 1
+            self.log.error("tcpcopy %s: %s; closing it", peer.name, exc)
+            peer.close("protocol error")
+            return
+        if first and dec.version is not None and dec.version != VERSION:
+            self.log.warning("not compatible,client:%d,intercept:%d (%s)", dec.version, VERSION,
+                             peer.name)
+        now = self.loop.time()
+        comb = self.peers.get(peer)
+        for m in msgs:
+            if m.type == MSG_CLIENT_ADD and not (m.clt_ip == b"\0\0\0\0" and m.clt_port == 0):
+                for rec in self.router.add((m.clt_ip, m.clt_port, m.target_ip, m.target_port),
+                                           peer, now):
+                    self._queue(peer, comb, rec)
+        self._flush()
+
+    def _closed(self, peer: Peer, reason: str) -> None:
+        self.peers.pop(peer, None)
+        n = self.router.drop_conn(peer)
+        self.log.info("release tunnel resources, tcpcopy %s (%s), %d route(s) dropped",
+                      peer.name, reason, n)
+
+    # ------------------------------------------------------------ capture side
+
+    def _on_capture(self) -> None:
+        now = self.loop.time()
+        c = self.stats.c
+        route = self.router.route
+        peers = self.peers
+        queue = self._queue
+        rewrite = self.rewrite
+
+        def handle(pkt) -> None:
+            c["all_packets"] += 1
+            try:
+                ihl = (pkt[0] & 0x0F) << 2
+                if pkt[0] >> 4 != 4 or pkt[9] != 6 or ihl < 20:
+                    c["drop:not_tcp"] += 1
+                    return
+                rec = make_record(pkt)
+            except (IndexError, WireError) as exc:
+                c["drop:" + getattr(exc, "reason", "malformed")] += 1
+                return
+            c["resp_packets"] += 1
+            dst = rec[16:20]
+            if rewrite is not None and dst == rewrite[0]:
+                dst = rewrite[1]
+            t = ihl
+            key = (dst, (pkt[t + 2] << 8) | pkt[t + 3], rec[12:16], (pkt[t] << 8) | pkt[t + 1])
+            peer = route(key, rec, pkt[t + 13], now)
+            if peer is not None:
+                comb = peers.get(peer)
+                if comb is not None:
+                    queue(peer, comb, rec)
+
+        if self.capture.read_batch(handle):
+            self._flush()
+
+    def _queue(self, peer: Peer, comb, rec: bytes) -> None:
+        if comb is None:
+            return
+        if not self.combined:
+            self._write(peer, rec, 1)
+            return
+        if not comb.pending:
+            self.dirty.append(peer)
+        frame = comb.add(rec)
+        if frame is not None:
+            self._write(peer, frame, 16)
+
+    def _write(self, peer: Peer, data: bytes, n: int) -> None:
+        c = self.stats.c
+        if peer.write(data):
+            c["records_sent"] += n
+            c["sock_writes"] += 1
+        else:
+            c["drop:records_peer_slow"] += n
+
+    def _flush(self) -> None:
+        dirty = self.dirty
+        if not dirty:
+            return
+        for peer in dirty:
+            comb = self.peers.get(peer)
+            if comb is not None and comb.pending:
+                n = len(comb.pending)
+                frame = comb.flush()
+                self._write(peer, frame, n)  # type: ignore[arg-type]
+        dirty.clear()
+
+    # ------------------------------------------------------------ running
+
+    def _expire(self) -> None:
+        now = self.loop.time()
+        self._expire_n = getattr(self, "_expire_n", 0) + 1
+        self.router.expire(now, routes=self._expire_n % 60 == 0)
+        self.loop.call_later(1.0, self._expire)
+
+    def _stop(self, signum: int) -> None:
+        self.log.log(25, "signal %d received, exiting", signum)
+        self.loop.stop()
+
+    def _stat_lines(self) -> List[str]:
+        c = self.stats.c
+        k = self.capture.kernel_stats()
+        return [
+            "total resp packs:%d, all:%d, route:%d, sock write cnt:%d" % (
+                c["resp_packets"], c["all_packets"], c["route_add"], c["sock_writes"]),
+            "records sent:%d, delayed:%d, delay sent:%d, routes:%d, tcpcopy links:%d" % (
+                c["records_sent"], c["delayed"], c["delay_sent"], len(self.router.routes),
+                len(self.peers)),
+            "capture kernel packets:%d, kernel drops:%d" % (k.get("packets", 0), k.get("drops", 0)),
+            "drops by reason: %s" % reasons(self.stats.by_reason("drop")),
+        ]
+
+    def run(self) -> int:
+        args = self.args
+        self.log.log(25, "%s", version_line("intercept"))
+        self.log.log(25, "listening on %s:%d, capture on %s, filter: %s", args.bind, args.port,
+                     args.iface or "all interfaces", args.filter)
+        write_pid(args.pidfile)
+        install_stop_signals(self._stop)
+        self.loop.add_reader(self.listener, self._accept)
+        self.loop.add_reader(self.capture.fileno(), self._on_capture)
+        self.loop.call_later(1.0, self._expire)
+        self.out.start()
+        try:
+            self.loop.run()
+        finally:
+            self.out.final()
+            for peer in list(self.peers):
+                peer.close("shutdown")
+            self.listener.close()
+            self.capture.close()
+            remove_pid(args.pidfile)
+        return self.exit_status
+
+

@@ -1,0 +1,200 @@
+"""``tcpcopy``: copy live TCP traffic from this (online) host to a target.
+
+Option-compatible with TCPCopy 1.0 (reference §1.2); run ``tcpcopy -h``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from ..core.engine import Engine, EngineConfig
+from ..core.mapping import TargetMap, expand_clt_ips
+from ..core.stats import Stats
+from ..errors import ConfigError, PycopyError
+from ..wire.control import DEFAULT_PORT
+from .common import (
+    Parser, die, int_range, ipv4, opt_type, parse_hostport_list, setup_logging, version_line,
+)
+
+USAGE_EXAMPLE = """example:
+  tcpcopy -x 80-10.0.0.12:8080 -s 10.0.0.13      copy port 80 to 10.0.0.12:8080,
+                                                intercept running on 10.0.0.13
+  tcpcopy -x 10.0.0.11:80-10.0.0.12:80 -s 10.0.0.13 -n 3 -r 50 -c 10.0.1.x
+"""
+
+
+def parse_maps(text: str) -> List[TargetMap]:
+    maps = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "@" in item:
+            raise ValueError("MAC addresses (pcap-send form) are not supported; give ip:port")
+        left, sep, right = item.partition("-")
+        if not sep:
+            raise ValueError("expected [online_ip:]online_port-target_ip:target_port")
+        if ":" in left:
+            lip_s, _, lport_s = left.rpartition(":")
+            lip: Optional[bytes] = ipv4(lip_s)
+        else:
+            lip, lport_s = None, left
+        tip_s, sep2, tport_s = right.rpartition(":")
+        if not sep2:
+            raise ValueError("target needs ip:port")
+        lport, tport = int(lport_s), int(tport_s)
+        if not (0 < lport < 65536 and 0 < tport < 65536):
+            raise ValueError("port out of range")
+        maps.append(TargetMap(lip, lport, ipv4(tip_s), tport))
+    if not maps:
+        raise ValueError("no map")
+    return maps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="tcpcopy", add_help=False, epilog=USAGE_EXAMPLE,
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               description="Copy live TCP traffic to a target server (pycopy, TCPCopy 1.0 compatible).")
+    a = p.add_argument
+    a("-x", dest="maps", metavar="[ip:]port-ip:port[,...]", required=True,
+      type=opt_type("-x", parse_maps, "bad map"),
+      help="online address -> target address (several, comma-separated)")
+    a("-s", dest="servers", metavar="ip[:port][,...]", required=True,
+      help="intercept servers (port defaults to -p)")
+    a("-p", dest="port", type=opt_type("-p", int_range(1, 65535), "bad port"), default=DEFAULT_PORT,
+      help="default intercept port (36524)")
+    a("-C", dest="conns", type=opt_type("-C", int_range(-1000, 11), "bad count"), default=2,
+      help="parallel connections to each intercept (2; at most 11)")
+    a("-c", dest="clt_ips", metavar="ip[,ip...]|a.b.c.x", help="rewrite client source addresses")
+    a("-H", dest="localhost_ip", type=opt_type("-H", ipv4, "bad address"),
+      help="source address replacing 127.0.0.1")
+    a("-i", dest="iface", metavar="dev[,dev]|FILE",
+      help="capture interfaces (AF_PACKET), or a pcap/pcapng file to replay offline")
+    a("--pcap", dest="pcap", metavar="FILE", help="replay this capture file (offline mode)")
+    a("-a", dest="speed", type=opt_type("-a", float, "bad factor"), default=1.0,
+      help="offline: speed-up factor")
+    a("-I", dest="idle_skip", type=opt_type("-I", int_range(0), "bad interval"), default=0,
+      help="offline: skip gaps longer than this many ms")
+    a("-T", dest="rounds", type=opt_type("-T", int_range(1), "bad count"), default=1,
+      help="offline: replay the file this many times")
+    a("-F", dest="filter", metavar="BPF", help="capture filter (pcap syntax) for -i")
+    a("-B", dest="bufsize", type=opt_type("-B", int_range(1, 4096), "bad size"), default=16,
+      help="capture buffer in MB (16)")
+    a("-S", dest="snaplen", type=opt_type("-S", int_range(64, 65535), "bad snaplen"),
+      default=65535, help="capture snap length (65535)")
+    a("-n", dest="replicas", type=opt_type("-n", int_range(1, 1023), "must be 1..1023"), default=1,
+      help="replay each session n times (amplification)")
+    a("-f", dest="port_shift", type=opt_type("-f", int_range(0, 31), "must be 0..31"), default=0,
+      help="port shift factor for several tcpcopy instances")
+    a("-m", dest="mem_mb", type=opt_type("-m", int_range(1), "bad size"), default=2048,
+      help="memory bound in MB: oldest sessions are evicted above it (2048)")
+    a("-M", dest="mtu", type=opt_type("-M", int_range(576, 65535), "bad MTU"), default=1500,
+      help="MTU for packets sent to the target (1500)")
+    a("-D", dest="mss", type=opt_type("-D", int_range(88, 65495), "bad MSS"), default=1460,
+      help="MSS in fabricated SYNs (1460)")
+    a("-R", dest="rtt_ms", type=opt_type("-R", int_range(0), "bad RTT"), default=0,
+      help="fixed RTT in ms (0 = measure)")
+    a("-U", dest="pool_kb", type=opt_type("-U", int_range(1, 63), "bad size"), default=1,
+      help="accepted for compatibility (per-session pool block size)")
+    a("-t", dest="timeout", type=opt_type("-t", int_range(1), "bad timeout"), default=600,
+      help="session timeout in s without response (600)")
+    a("-k", dest="keepalive", type=opt_type("-k", int_range(1), "bad timeout"), default=None,
+      help="keepalive timeout in s for idle sessions (-t + 120)")
+    a("-r", dest="percent", type=opt_type("-r", int_range(0, 100), "must be 0..100"), default=100,
+      help="replay this percentage of sessions (by client address)")
+    a("-g", dest="gradual", action="store_true", help="ramp the percentage up by 1 per second")
+    a("-O", dest="only_syn", action="store_true", help="only sessions whose SYN was captured")
+    a("-W", dest="no_wait", action="store_true", help="do not wait for responses (pipeline)")
+    a("-L", dest="lonely", action="store_true",
+      help="keep running when intercept is lost; reconnect with backoff")
+    a("-l", dest="log", metavar="FILE", help="log file (default: stderr)")
+    a("-P", dest="pidfile", metavar="FILE", help="write the PID here")
+    a("-d", dest="daemon", action="store_true", help="run as a daemon")
+    a("--uncombined", action="store_true",
+      help="intercept sends records one by one (C --disable-combined builds)")
+    a("--stats-interval", type=opt_type("--stats-interval", float, "bad interval"), default=30.0,
+      help="seconds between statistics lines (30)")
+    a("--stats-json", metavar="FILE", help="rewrite this JSON file with all counters every interval")
+    a("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on this address")
+    a("--doctor", action="store_true", help="check this online host's set-up and exit")
+    a("--seed", type=int, default=None, help=argparse.SUPPRESS)
+    a("-h", "--help", action="help", help="show this help and exit")
+    a("-v", "--version", action="version", version=version_line("tcpcopy"))
+    return p
+
+
+def make_config(args: argparse.Namespace) -> EngineConfig:
+    targets = [m.target_ip for m in args.maps]
+    clt_ips: Sequence[bytes] = ()
+    if args.clt_ips:
+        try:
+            clt_ips = expand_clt_ips(args.clt_ips, targets)
+        except (ValueError, OSError) as exc:
+            raise ConfigError("option -c: invalid value %r: %s" % (args.clt_ips, exc or "bad address"))
+    keepalive = args.keepalive if args.keepalive is not None else args.timeout + 120
+    return EngineConfig(
+        maps=args.maps, clt_ips=clt_ips, localhost_ip=args.localhost_ip,
+        replicas=args.replicas, port_shift=args.port_shift, sample_percent=args.percent,
+        gradual=args.gradual, only_syn=args.only_syn, no_wait=args.no_wait, mtu=args.mtu,
+        mss=args.mss, rtt=args.rtt_ms / 1000.0, session_timeout=float(args.timeout),
+        keepalive_timeout=float(keepalive), mem_limit=args.mem_mb << 20, seed=args.seed)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        args.server_list = parse_hostport_list(args.servers, args.port)
+    except ValueError as exc:
+        p.error("option -s: invalid value %r: %s" % (args.servers, exc or "bad address"))
+    if len(args.server_list) > 32:
+        p.error("option -s: at most 32 intercepts")
+    if args.conns <= 0:
+        args.conns = 1
+    args.offline_file = args.pcap
+    if args.iface and not args.pcap and os.path.isfile(args.iface):
+        args.offline_file, args.iface = args.iface, None
+    if args.offline_file and not os.access(args.offline_file, os.R_OK):
+        p.error("option --pcap: cannot read %r" % args.offline_file)
+    if args.speed < 1:
+        args.speed = 1.0
+    for m in args.maps:
+        if m.online_ip is None and m.online_port == m.target_port and args.iface and not args.filter:
+            p.error("option -x: online port %d equals the target port and no online IP is given;"
+                    " with -i this would capture tcpcopy's own copies: add the online IP or -F"
+                    % m.online_port)
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.doctor:
+        from .doctor import run_doctor
+
+        return run_doctor("online", args)
+    try:
+        cfg = make_config(args)
+    except ConfigError as exc:
+        die(str(exc), 2)
+    from .tcpcopy_app import TcpCopyApp
+
+    if args.daemon:
+        from .common import daemonize
+
+        daemonize()
+    log = setup_logging("tcpcopy", args.log)
+    try:
+        app = TcpCopyApp(args, cfg, Stats(), log)
+    except PermissionError as exc:
+        die(str(exc.strerror if getattr(exc, "strerror", None) else exc), 1)
+    except PycopyError as exc:
+        log.error("%s", exc)
+        die(str(exc), 1)
+    return app.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""tcpcopy's process: one event loop wiring capture (or a capture file),
+the session engine, the raw sender and the intercept links."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import List, Optional
+
+from ..core.engine import Engine, EngineConfig
+from ..core.stats import Stats
+from ..errors import PycopyError
+from ..io import bpf
+from ..io.capture import open_packet_capture, open_raw_ip_capture
+from ..io.links import InterceptLinks, LinkError
+from ..io.loop import Loop
+from ..io.rawsend import RawSender
+from ..wire.control import encode_client_add
+from .common import install_stop_signals, reasons, remove_pid, version_line, write_pid
+from .statsout import StatsOutput
+
+OFFLINE_TAIL = 10.0  # at most this long waiting for responses after the file ends
+ROUND_PORT_STRIDE = 7919  # each -T round moves client ports by this much (prime)
+
+
+class TcpCopyApp:
+    def __init__(self, args: argparse.Namespace, cfg: EngineConfig, stats: Stats,
+                 log: logging.Logger) -> None:
+        self.args = args
+        self.log = log
+        self.stats = stats
+        self.loop = Loop()
+        self.engine = Engine(cfg, stats)
+        self.exit_status = 0
+        self.started = time.time()
+        self.first_packet = False
+        self._timer = None
+        self._timer_at: Optional[float] = None
+        self.capture = None
+        self.replay = None
+        self.sender = RawSender(stats)
+        if args.offline_file:
+            self._open_replay()
+        else:
+            self._open_capture()
+        self.links = InterceptLinks(
+            self.loop, args.server_list, args.conns, stats, self._on_records,
+            combined=not args.uncombined, lonely=args.lonely,
+            on_reconnect=self._reregister, on_all_lost=self._all_lost)
+        self.out = StatsOutput(self.loop, "tcpcopy", stats, log, self._stat_lines, args)
+
+    # ------------------------------------------------------------ set-up
+
+    def _open_capture(self) -> None:
+        args = self.args
+        expr = args.filter or bpf.tcpcopy_filter_from_maps(args.maps)
+        prog = bpf.compile_filter(expr, bpf.DLT_RAW)
+        if args.iface:
+            ifaces = [i for i in args.iface.split(",") if i]
+            self.capture = open_packet_capture(ifaces, prog, ignore_outgoing=True,
+                                               snaplen=args.snaplen,
+                                               ring_bytes=args.bufsize << 20)
+            where = "interfaces " + args.iface
+        else:
+            self.capture = open_raw_ip_capture(prog)
+            where = "raw IP socket"
+        self.log.log(25, "capture: %s, filter: %s", where, expr)
+
+    def _open_replay(self) -> None:
+        from ..core.offline import Replay
+        from ..io.pcapfile import PcapReader
+
+        path = self.args.offline_file
+        PcapReader(path)  # fail early on an unreadable file or an unknown link type
+        self.readers: List[PcapReader] = []
+
+        def open_packets():
+            r = PcapReader(path)
+            self.readers.append(r)
+            return r
+
+        self.replay = Replay(open_packets, self.args.rounds, self.args.speed, self.args.idle_skip)
+        self.log.log(25, "offline replay of %s: speed x%g, idle skip %d ms, %d round(s)",
+                     path, self.args.speed, self.args.idle_skip, self.args.rounds)
+
+    # ------------------------------------------------------------ events
+
+    def _on_capture(self) -> None:
+        now = self.loop.time()
+        on_capture = self.engine.on_capture
+        n = self.capture.read_batch(lambda pkt: on_capture(pkt, now))  # type: ignore[union-attr]
+        if n:
+            self.first_packet = True
+            self._flush()
+
+    def _on_records(self, recs: List[bytes]) -> None:
+        now = self.loop.time()
+        on_record = self.engine.on_record
+        for rec in recs:
+            on_record(rec, now)
+        self._flush()
+
+    def _flush(self) -> None:
+        ctl, tx = self.engine.take_output()
+        if ctl:
+            broadcast = self.links.broadcast
+            for msg in ctl:
+                broadcast(msg)
+        if tx:
+            send = self.sender.send
+            for pkt, dst in tx:
+                send(pkt, dst)
+        self._arm()
+
+    def _arm(self) -> None:
+        d = self.engine.next_deadline()
+        if self.replay is not None:
+            rd = self.replay.next_deadline()
+            if rd is not None and rd < d:
+                d = rd
+        if self._timer_at is not None and self._timer_at <= d:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = d
+        self._timer = self.loop.call_at(d, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self.loop.time()
+        if self.replay is not None:
+            self._replay_due(now)
+        self.engine.on_timer(now)
+        self._flush()
+
+    def _replay_due(self, now: float) -> None:
+        eng = self.engine
+        rp = self.replay
+        for rnd, _ts, pkt in rp.due(now, 4096):  # type: ignore[union-attr]
+            eng.port_salt = (rnd - 1) * ROUND_PORT_STRIDE
+            eng.flow_tag = rnd
+            eng.on_capture(pkt, now)
+            self.first_packet = True
+        if rp.done and self._tail_deadline is None:  # type: ignore[union-attr]
+            self._tail_deadline = now + OFFLINE_TAIL
+            self.log.log(25, "end of capture file: waiting up to %gs for %d session(s)",
+                         OFFLINE_TAIL, len(eng.sessions))
+            self._check_tail()
+
+    _tail_deadline: Optional[float] = None
+
+    def _check_tail(self) -> None:
+        if not self.engine.sessions or self.loop.time() >= self._tail_deadline:  # type: ignore[operator]
+            self.loop.stop()
+            return
+        self.loop.call_later(0.05, self._check_tail)
+
+    def _reregister(self, peer) -> None:
+        """A link came back (-L): tell intercept about every live session again."""
+        n = 0
+        for s in self.engine.sessions.values():
+            peer.write(encode_client_add(s.cip, s.cport, s.tip, s.tport))
+            n += 1
+        self.log.warning("link to intercept %s restored; %d live session(s) re-registered",
+                         peer.name, n)
+
+    def _all_lost(self) -> None:
+        self.log.error("all intercept connections lost; exiting (use -L to keep running)")
+        self.exit_status = 1
+        self.loop.stop()
+
+    def _stop(self, signum: int) -> None:
+        self.log.log(25, "signal %d received, exiting", signum)
+        self.loop.stop()
+
+    # ------------------------------------------------------------ run
+
+    def run(self) -> int:
+        args = self.args
+        log = self.log
+        log.log(25, "%s", version_line("tcpcopy"))
+        log.log(25, "target: %s", ",".join(
+            "%s%d->%s:%d" % ((bpf.socket.inet_ntoa(m.online_ip) + ":") if m.online_ip else "",
+                             m.online_port, bpf.socket.inet_ntoa(m.target_ip), m.target_port)
+            for m in args.maps))
+        log.log(25, "session timeout:%d, keepalive timeout:%d, repl num:%d, parallel "
+                "connections per target:%d, mode:%s", self.engine.cfg.session_timeout,
+                self.engine.cfg.keepalive_timeout, args.replicas, args.conns,
+                "uncombined" if args.uncombined else "TC_COMBINED")
+        try:
+            self.links.start()
+        except LinkError as exc:
+            log.error("%s", exc)
+            sys.stderr.write("tcpcopy: %s\n" % exc)
+            return 1
+        write_pid(args.pidfile)
+        install_stop_signals(self._stop)
+        if self.capture is not None:
+            self.loop.add_reader(self.capture.fileno(), self._on_capture)
+        if self.replay is not None:
+            self.replay.start(self.loop.time())
+        self.out.start()
+        self._arm()
+        try:
+            self.loop.run()
+        except PycopyError as exc:
+            log.error("fatal: %s", exc)
+            self.exit_status = 1
+        finally:
+            self._finish()
+        return self.exit_status
+
+    def _finish(self) -> None:
+        now = self.loop.time()
+        n = self.engine.shutdown(now)
+        if n:
+            self.log.log(25, "reset %d live session(s) at exit", n)
+        ctl, tx = self.engine.take_output()
+        for pkt, dst in tx:
+            self.sender.send(pkt, dst)
+        self.out.final()
+        if self.replay is not None:
+            self._offline_summary()
+        self.links.close()
+        if self.capture is not None:
+            self.capture.close()
+        self.sender.close()
+        remove_pid(self.args.pidfile)
+
+    def _offline_summary(self) -> None:
+        c = self.stats.c
+        stopped = [r.stopped_at for r in getattr(self, "readers", []) if getattr(r, "stopped_at", None)]
+        line = ("offline replay done: sessions:%d, requests sent:%d, responses:%d, "
+                "failures:%s" % (c["sessions_opened"], c["requests_sent"], c["conns"],
+                                 reasons(self.stats.by_reason("sessions_failed"))))
+        self.log.log(25, "%s", line)
+        if stopped:
+            self.log.warning("capture file ended early: %s", stopped[0])
+        if not self.args.log and os.isatty(2):
+            pass
+
+    def _stat_lines(self) -> List[str]:
+        if not self.first_packet:
+            return []
+        c = self.stats.c
+        e = self.engine
+        return [
+            "active:%d,rel:%d,obs del:%d,tw:%d" % (
+                len(e.sessions), c["sessions_closed"],
+                sum(self.stats.by_reason("sessions_failed").values()), len(e.time_wait)),
+            "conns:%d,resp:%d,c-resp:%d" % (c["conns"], c["resp"], c["resp_content"]),
+            "resp fin:%d,resp rst:%d" % (c["resp_fin"], c["resp_rst"]),
+            "send:%d,send content:%d" % (c["send_packets"], c["send_content"]),
+            "send syn:%d, fin:%d,reset:%d" % (c["send_syn"], c["send_fin"],
+                                             sum(self.stats.by_reason("rst_sent").values())),
+            "reconnect:%d,for no syn:%d" % (c["reconnect"], c["sessions_fake_syn"]),
+            "retransmit:%d" % c["retransmit"],
+            "syn cnt:%d,all clt:%d,clt cont:%d" % (c["syn_cnt"], c["clt_packets"], c["clt_content"]),
+            "requests:%d, rst by reason: %s" % (c["requests_sent"],
+                                                reasons(self.stats.by_reason("rst_sent"))),
+            "drops by reason: %s" % reasons(self.stats.by_reason("drop")),
+            "send errors: %s, control links up:%d, reconnects:%d" % (
+                reasons(self.stats.by_reason("send_error")), self.links.live_count(),
+                c["control_reconnects"]),
+        ]

@@ -1,0 +1,143 @@
+"""intercept's routing of response records to tcpcopy connections (sans-IO).
+
+Routes are keyed on the exact (client ip, client port, target ip, target
+port) that tcpcopy registered with CLIENT_ADD (the C intercept's key is a
+lossy 16-bit hash).  The table is bounded (least recently used first out) and
+routes expire after ``route_ttl`` seconds without use.  SYN- and RST-flagged
+records that arrive before their CLIENT_ADD wait in a delay table for up to
+``delay_ttl`` seconds (30 s as in C) and are delivered when it arrives.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Hashable, List, Optional, Tuple
+
+from .stats import Stats
+
+Key = Tuple[bytes, int, bytes, int]
+SYN_OR_RST = 0x02 | 0x04
+
+
+class Router:
+    def __init__(self, stats: Optional[Stats] = None, route_ttl: float = 1200.0,
+                 max_routes: int = 1 << 20, delay_ttl: float = 30.0,
+                 max_delayed: int = 1 << 16) -> None:
+        self.stats = stats or Stats()
+        self.route_ttl = route_ttl
+        self.max_routes = max_routes
+        self.delay_ttl = delay_ttl
+        self.max_delayed = max_delayed
+        # key -> [conn, last_used]; order = least recently refreshed first
+        self.routes: "OrderedDict[Key, list]" = OrderedDict()
+        self.delayed: "OrderedDict[Key, Tuple[float, List[bytes]]]" = OrderedDict()
+        self.n_delayed = 0
+        self.stats.add_gauge("routes", lambda: len(self.routes))
+        self.stats.add_gauge("delayed_records", lambda: self.n_delayed)
+
+    def add(self, key: Key, conn: Hashable, now: float) -> List[bytes]:
+        """CLIENT_ADD: route ``key`` to ``conn``; returns records that were waiting for it."""
+        c = self.stats.c
+        c["route_add"] += 1
+        routes = self.routes
+        entry = routes.get(key)
+        if entry is not None:
+            if entry[0] != conn:
+                c["route_replaced"] += 1
+            entry[0] = conn
+            entry[1] = now
+            routes.move_to_end(key)
+        else:
+            routes[key] = [conn, now]
+            if len(routes) > self.max_routes:
+                routes.popitem(last=False)
+                c["route_evicted:table_full"] += 1
+        waiting = self.delayed.pop(key, None)
+        if waiting is None:
+            return []
+        self.n_delayed -= len(waiting[1])
+        c["delay_sent"] += len(waiting[1])
+        return waiting[1]
+
+    def route(self, key: Key, rec: bytes, flags: int, now: float) -> Optional[Hashable]:
+        """The connection a response record goes to, or None (delayed or dropped)."""
+        entry = self.routes.get(key)
+        if entry is not None:
+            entry[1] = now
+            return entry[0]
+        c = self.stats.c
+        if flags & SYN_OR_RST:
+            if self.n_delayed >= self.max_delayed:
+                c["drop:delay_table_full"] += 1
+                return None
+            slot = self.delayed.get(key)
+            if slot is None:
+                self.delayed[key] = (now, [rec])
+            else:
+                slot[1].append(rec)
+            self.n_delayed += 1
+            c["delayed"] += 1
+        else:
+            c["drop:no_route"] += 1
+        return None
+
+    def drop_conn(self, conn: Hashable) -> int:
+        """Forget every route of a closed connection."""
+        dead = [k for k, v in self.routes.items() if v[0] == conn]
+        for k in dead:
+            del self.routes[k]
+        return len(dead)
+
+    def expire(self, now: float, routes: bool = True) -> None:
+        """Drop expired delayed records, and (a full scan) idle routes when ``routes``."""
+        c = self.stats.c
+        if routes:
+            table = self.routes
+            limit = now - self.route_ttl
+            stale = [k for k, v in table.items() if v[1] < limit]
+            for k in stale:
+                del table[k]
+            if stale:
+                c["route_expired"] += len(stale)
+        delayed = self.delayed
+        limit = now - self.delay_ttl
+        while delayed:
+            key, (since, recs) = next(iter(delayed.items()))
+            if since >= limit:
+                break
+            del delayed[key]
+            self.n_delayed -= len(recs)
+            c["drop:delay_expired"] += len(recs)
+
+
+class Combiner:
+    """Per-connection batching of records into combined frames (≤ 16 records).
+
+    Records accumulate while one capture batch is processed and are flushed at
+    its end, so the batch size follows the load: one record per frame when
+    traffic is light (no added latency), up to 16 under load.
+    """
+
+    __slots__ = ("pending", "max_count")
+
+    def __init__(self, max_count: int = 16) -> None:
+        self.pending: List[bytes] = []
+        self.max_count = max_count
+
+    def add(self, rec: bytes) -> Optional[bytes]:
+        p = self.pending
+        p.append(rec)
+        if len(p) >= self.max_count:
+            return self.flush()
+        return None
+
+    def flush(self) -> Optional[bytes]:
+        p = self.pending
+        if not p:
+            return None
+        frame = len(p).to_bytes(2, "big") + b"".join(p)
+        self.pending = []
+        return frame
+
+
+__all__: List[str] = ["Router", "Combiner", "Key"]
