@@ -83,6 +83,12 @@ def _split(values: Any) -> list[str]:
 def parse_targets(values: Any) -> list[tuple[str, int]]:
     """``ip:port`` or tcpcopy ``-x`` maps (``[ip:]port-ip:port``, MACs allowed)."""
     out = []
+    objs = values if isinstance(values, (list, tuple)) else [values]
+    if values is not None and all(hasattr(m, "target_port") for m in objs):
+        for m in objs:  # parsed tcpcopy maps (core.mapping.TargetMap)
+            ip = m.target_ip
+            out.append((socket.inet_ntoa(ip) if isinstance(ip, bytes) else str(ip), m.target_port))
+        return out
     for item in _split(values):
         item = item.rsplit("-", 1)[-1].split("@")[0]
         host, _, port = item.rpartition(":")
@@ -116,7 +122,10 @@ def options_from(args: Any) -> DoctorOptions:
     return DoctorOptions(
         intercept=parse_intercepts(_attr(args, "intercept", "servers", "s"), port),
         targets=parse_targets(_attr(args, "target", "targets", "maps", "transfer", "x")),
-        clients=[c.split("/")[0] for c in _split(_attr(args, "client", "clients", "clt_ip", "c"))],
+        clients=[
+            c.split("/")[0].replace(".x", ".1")  # tcpcopy -c a.b.c.x: its first address
+            for c in _split(_attr(args, "client", "clients", "clt_ips", "clt_ip", "c"))
+        ],
         assistant=_attr(args, "assistant"),
         online=_attr(args, "online"),
         ifaces=[

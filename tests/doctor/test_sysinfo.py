@@ -227,3 +227,18 @@ def test_options_from_tcpcopy_style_namespace() -> None:
     assert parse_targets("80@aa:bb:cc:dd:ee:ff-10.0.0.12:80@11:22:33:44:55:66") == [
         ("10.0.0.12", 80)
     ]
+
+
+def test_options_from_the_real_tcpcopy_and_intercept_parsers() -> None:
+    from pycopy_engine.cli import intercept, tcpcopy
+
+    args = tcpcopy.parse_args(
+        ["-x", "80-10.0.0.12:8080", "-s", "10.0.0.13,10.0.0.14:99", "-c", "10.0.1.x", "--doctor"]
+    )
+    o = options_from(args)
+    assert o.targets == [("10.0.0.12", 8080)]
+    assert o.intercept == [("10.0.0.13", 36524), ("10.0.0.14", 99)]
+    assert o.clients == ["10.0.1.1"]
+    args = intercept.build_parser().parse_args(["-i", "eth0,eth1", "-F", "tcp", "--doctor"])
+    o = options_from(args)
+    assert (o.ifaces, o.filter, o.port) == (["eth0", "eth1"], "tcp", 36524)
