@@ -100,14 +100,22 @@ def main() -> int:
         for hname, handler in (("noop", noop), ("parse", parse)):
             with lab.inside("online"):
                 caps = {
-                    "ring (TPACKET_V2)": open_packet_capture(
-                        ["eth0"], prog, snaplen=2048, max_batch=4096, ring_bytes=96 << 20
+                    "ring TPACKET_V2": open_packet_capture(
+                        ["eth0"], prog, snaplen=2048, version=2, max_batch=4096, ring_bytes=96 << 20
                     ),
-                    "recv loop (AF_PACKET)": open_packet_capture(
-                        ["eth0"], prog, ring=False, snaplen=2048, rcvbuf=256 << 20, max_batch=4096
+                    "ring TPACKET_V3": open_packet_capture(
+                        ["eth0"],
+                        prog,
+                        snaplen=65535,
+                        version=3,
+                        max_batch=4096,
+                        ring_bytes=96 << 20,
                     ),
-                    "recv loop (raw IP)": open_raw_ip_capture(
-                        prog, rcvbuf=256 << 20, snaplen=2048, max_batch=4096
+                    "recv loop AF_PACKET": open_packet_capture(
+                        ["eth0"], prog, ring=False, snaplen=2048, rcvbuf=256 << 20
+                    ),
+                    "recv loop raw IP": open_raw_ip_capture(
+                        prog, rcvbuf=256 << 20, snaplen=2048, max_batch=64
                     ),
                 }
             t0 = time.perf_counter()

@@ -42,6 +42,7 @@ PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_IGNORE_OUTGOING = 23
 TPACKET_V2 = 1
+TPACKET_V3 = 2
 TP_STATUS_USER = 1
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -51,6 +52,10 @@ PACKET_OUTGOING = 4
 _T2HDR = struct.Struct("=IIIHH")
 TPACKET2_HDRLEN = 32 + 20  # TPACKET_ALIGN(sizeof tpacket2_hdr) + sizeof sockaddr_ll
 _NETOFF_DGRAM = ((TPACKET2_HDRLEN + 15) & ~15) + 16  # where the IP header lands: 80
+# struct tpacket3_hdr: next_offset, (sec, nsec), snaplen, len, (status, mac), net
+_T3HDR = struct.Struct("=I8xII4x2xH")
+# struct tpacket_hdr_v1 at offset 8 of a block: block_status, num_pkts, offset_to_first_pkt
+_V3BLK = struct.Struct("=III")
 _STATS = struct.Struct("=II")  # struct tpacket_stats: tp_packets, tp_drops
 _ZERO4 = b"\0\0\0\0"
 
@@ -108,7 +113,8 @@ class Capture:
         self.sock = sock
         self.snaplen = snaplen
         self.truncated = 0  # packets cut below the requested snaplen
-        self._packets = 0
+        self._packets = 0  # packets handed to read_batch callers
+        self._kpackets: int | None = None  # the kernel's count, where it keeps one
         self._drops = 0
         self._closed = False
 
@@ -119,9 +125,17 @@ class Capture:
         raise NotImplementedError
 
     def kernel_stats(self) -> dict[str, int]:
-        """Cumulative {"packets", "drops", "truncated"} (kernel counters where
-        the socket has them)."""
-        return {"packets": self._packets, "drops": self._drops, "truncated": self.truncated}
+        """Cumulative counters: ``packets`` the kernel accepted for this socket
+        (PACKET_STATISTICS, drops included; packets read where the kernel
+        keeps no count), ``drops`` (ring/buffer full), ``truncated`` (cut
+        below the snaplen), ``read`` (handed to read_batch callers)."""
+        packets = self._packets if self._kpackets is None else self._kpackets
+        return {
+            "packets": packets,
+            "drops": self._drops,
+            "truncated": self.truncated,
+            "read": self._packets,
+        }
 
     def close(self) -> None:
         if not self._closed:
@@ -182,8 +196,34 @@ class PacketRecvCapture(_RecvCapture):
         return super().kernel_stats()
 
 
-class PacketRingCapture(Capture):
-    """AF_PACKET + PACKET_RX_RING (TPACKET_V2)."""
+class _MmapRing(Capture):
+    """Common part of the two ring kinds: the mapping and its release."""
+
+    def _map(self, req: bytes, ring_bytes: int) -> None:
+        self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+        self.ring_bytes = ring_bytes
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        self._mm = mmap.mmap(self.sock.fileno(), ring_bytes, mmap.MAP_SHARED, prot)
+        self._mv = memoryview(self._mm)
+
+    def kernel_stats(self) -> dict[str, int]:
+        _update_packet_stats(self)
+        return super().kernel_stats()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._mv.release()
+            self._mm.close()
+        except BufferError:
+            pass  # a handler kept a packet view: the mapping dies with it
+        super().close()
+
+
+class PacketRingCapture(_MmapRing):
+    """AF_PACKET + PACKET_RX_RING, TPACKET_V2: fixed-size frames, each handed
+    over as soon as it is filled (no added latency)."""
 
     kind = "packet-ring"
 
@@ -197,23 +237,13 @@ class PacketRingCapture(Capture):
         max_batch: int,
     ) -> None:
         super().__init__(sock, snaplen)
-        frames_per_block = block_size // frame_size
-        self.frame_nr = frames_per_block * block_nr
+        per_block = block_size // frame_size
+        self.frame_nr = per_block * block_nr
         self.frame_size = frame_size
-        self.ring_bytes = block_size * block_nr
-        sock.setsockopt(
-            SOL_PACKET,
-            PACKET_RX_RING,
-            struct.pack("=IIII", block_size, block_nr, frame_size, self.frame_nr),
-        )
-        self._mm = mmap.mmap(
-            sock.fileno(), self.ring_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
-        )
-        self._mv = memoryview(self._mm)
+        req = struct.pack("=IIII", block_size, block_nr, frame_size, self.frame_nr)
+        self._map(req, block_size * block_nr)
         self._offsets = [
-            b * block_size + f * frame_size
-            for b in range(block_nr)
-            for f in range(frames_per_block)
+            b * block_size + f * frame_size for b in range(block_nr) for f in range(per_block)
         ]
         self._idx = 0
         self.max_batch = max_batch
@@ -250,19 +280,78 @@ class PacketRingCapture(Capture):
             self._packets += n
         return n
 
-    def kernel_stats(self) -> dict[str, int]:
-        _update_packet_stats(self)
-        return super().kernel_stats()
 
-    def close(self) -> None:
-        if self._closed:
-            return
+class PacketRingV3Capture(_MmapRing):
+    """TPACKET_V3: variable-size packets packed into blocks, so a ring of a
+    given size holds many more packets when the snaplen is large (full 64 KB
+    offload packets next to 60-byte ACKs).  A block is handed over when full
+    or after ``tov_ms`` (rounded up to a kernel tick), which is the latency a
+    packet can wait at low rates."""
+
+    kind = "packet-ring-v3"
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        snaplen: int,
+        block_size: int,
+        block_nr: int,
+        tov_ms: int,
+        max_batch: int,
+    ) -> None:
+        super().__init__(sock, snaplen)
+        self.block_size = block_size
+        self.tov_ms = tov_ms
+        # one "frame" per block: frames only matter to the kernel's checks in V3
+        req = struct.pack("=7I", block_size, block_nr, block_size, block_nr, tov_ms, 0, 0)
+        self._map(req, block_size * block_nr)
+        self._blocks = [b * block_size for b in range(block_nr)]
+        self._blk = 0  # current block
+        self._left = 0  # packets of the current block not read yet
+        self._off = 0  # offset of the next packet in the mapping
+        self.max_batch = max_batch
+
+    def read_batch(self, handle: Handle) -> int:
+        mm = self._mm
+        mv = self._mv
+        blocks = self._blocks
+        nblocks = len(blocks)
+        unpack_blk = _V3BLK.unpack_from
+        unpack = _T3HDR.unpack_from
+        snaplen = self.snaplen
+        b, left, off = self._blk, self._left, self._off
+        n = 0
+        limit = self.max_batch
         try:
-            self._mv.release()
-            self._mm.close()
-        except BufferError:
-            pass  # a handler kept a packet view: the mapping dies with it
-        super().close()
+            while n < limit:
+                if left == 0:
+                    boff = blocks[b]
+                    status, num, first = unpack_blk(mm, boff + 8)
+                    if not status & TP_STATUS_USER:
+                        break
+                    if num == 0:  # nothing in it: hand it back
+                        mv[boff + 8 : boff + 12] = _ZERO4
+                        b = b + 1 if b + 1 < nblocks else 0
+                        continue
+                    left, off = num, boff + first
+                nxt, tp_snap, tp_len, net = unpack(mm, off)
+                if tp_snap < tp_len and tp_snap < snaplen:
+                    self.truncated += 1
+                start = off + net
+                try:
+                    handle(mv[start : start + tp_snap])
+                finally:
+                    n += 1
+                    off += nxt
+                    left -= 1
+                    if left == 0:
+                        boff = blocks[b]
+                        mv[boff + 8 : boff + 12] = _ZERO4
+                        b = b + 1 if b + 1 < nblocks else 0
+        finally:
+            self._blk, self._left, self._off = b, left, off
+            self._packets += n
+        return n
 
 
 def _update_packet_stats(cap: Capture) -> None:
@@ -271,7 +360,8 @@ def _update_packet_stats(cap: Capture) -> None:
         raw = cap.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
     except OSError:
         return
-    _pk, drops = _STATS.unpack(raw)
+    packets, drops = _STATS.unpack(raw)
+    cap._kpackets = (cap._kpackets or 0) + packets
     cap._drops += drops
 
 
@@ -348,23 +438,34 @@ def open_packet_capture(
     ignore_outgoing: bool = False,
     snaplen: int = 65535,
     ring_bytes: int | None = None,
+    version: int | None = None,
     frame_size: int | None = None,
     block_size: int | None = None,
+    block_timeout_ms: int = 1,
     max_batch: int = 256,
     rcvbuf: int = 16 << 20,
 ) -> Capture:
     """AF_PACKET/SOCK_DGRAM capture on ``ifaces`` (None, [] or "any" = all).
 
     One interface: the socket is bound to it.  Several: one unbound socket
-    whose kernel filter checks the interface index.  ``ring_bytes`` defaults
-    to 64 MB for snaplens above 2 KB (about 960 full 64 KB frames) and 16 MB
-    otherwise; ``frame_size`` defaults to what ``snaplen`` needs, and may be
-    set smaller to trade truncation (counted) for memory.
-    ``ignore_outgoing`` drops frames this host sends (PACKET_IGNORE_OUTGOING,
-    or a filter check on older kernels).
+    whose kernel filter checks the interface index.  ``ignore_outgoing`` drops
+    frames this host sends (PACKET_IGNORE_OUTGOING, or a filter check on
+    kernels without it).
+
+    Ring: ``version`` 2 (fixed frames, no added latency) or 3 (packets packed
+    into blocks, handed over when a block is full or after
+    ``block_timeout_ms``).  The default is V2 when a frame of ``snaplen`` is
+    at most 4 KB (intercept: 120 bytes) and V3 above (tcpcopy's full
+    packets, where 64 KB V2 frames would hold only ~250 packets in 16 MB).
+    ``ring_bytes`` defaults to 16 MB (V2) or 32 MB (V3; 64 MB for a forced V2
+    with large frames).  ``frame_size`` (V2) may be set below what ``snaplen``
+    needs, trading counted truncation for memory.  ``ring=False`` or a ring
+    that cannot be set up gives a recv loop.
     """
     if snaplen <= 0 or snaplen > 262144:
         raise ConfigError(f"snaplen must be in 1..262144, not {snaplen}")
+    if version not in (None, 2, 3):
+        raise ConfigError(f"ring version must be 2 or 3, not {version}")
     idx = _ifindexes(ifaces)
     # ETH_P_IP would be cheaper, but only ETH_P_ALL taps see outgoing frames
     proto = ETH_P_IP if ignore_outgoing else ETH_P_ALL
@@ -383,8 +484,14 @@ def open_packet_capture(
         if bind_idx:  # unbound = every interface (CPython cannot bind to ifindex 0)
             sock.bind((socket.if_indextoname(bind_idx), proto))  # CPython applies htons
         if ring:
+            if version is None:
+                version = 2 if _NETOFF_DGRAM + snaplen <= 4096 else 3
             try:
-                return _ring_capture(sock, snaplen, ring_bytes, frame_size, block_size, max_batch)
+                if version == 3:
+                    return _ring_v3(
+                        sock, snaplen, ring_bytes, block_size, block_timeout_ms, max_batch
+                    )
+                return _ring_v2(sock, snaplen, ring_bytes, frame_size, block_size, max_batch)
             except OSError as exc:
                 if exc.errno in (errno.EPERM, errno.EACCES):
                     raise
@@ -396,7 +503,7 @@ def open_packet_capture(
         raise
 
 
-def _ring_capture(
+def _ring_v2(
     sock: socket.socket,
     snaplen: int,
     ring_bytes: int | None,
@@ -415,6 +522,28 @@ def _ring_capture(
         block_size = 1 << 17 if frame_size * 4 <= 1 << 17 else _align(frame_size, page)
     block_size = _align(max(block_size, frame_size), page)
     if ring_bytes is None:
-        ring_bytes = (64 << 20) if snaplen > 2048 else (16 << 20)
+        ring_bytes = (64 << 20) if frame_size > 4096 else (16 << 20)
     block_nr = max(1, ring_bytes // block_size)
     return PacketRingCapture(sock, snaplen, frame_size, block_size, block_nr, max_batch)
+
+
+def _ring_v3(
+    sock: socket.socket,
+    snaplen: int,
+    ring_bytes: int | None,
+    block_size: int | None,
+    tov_ms: int,
+    max_batch: int,
+) -> PacketRingV3Capture:
+    sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+    if ring_bytes is None:
+        ring_bytes = 32 << 20
+    if block_size is None:
+        # small blocks, many of them: with the retire timer a block is handed
+        # over after tov_ms even when nearly empty, so at moderate rates the
+        # ring holds block_nr x tov_ms of traffic, whatever the block size
+        block_size = 1 << 17
+    # a block must hold the largest packet: its header, sockaddr_ll and the data
+    block_size = _align(max(block_size, snaplen + 256), mmap.PAGESIZE)
+    block_nr = max(2, ring_bytes // block_size)
+    return PacketRingV3Capture(sock, snaplen, block_size, block_nr, max(1, tov_ms), max_batch)
