@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from ..core.router import Combiner, Router
 from ..core.stats import Stats
@@ -119,7 +119,7 @@ class InterceptApp:
                 dst = rewrite[1]
             t = ihl
             key = (dst, (pkt[t + 2] << 8) | pkt[t + 3], rec[12:16], (pkt[t] << 8) | pkt[t + 1])
-            peer = route(key, rec, pkt[t + 13], now)
+            peer: Any = route(key, rec, pkt[t + 13], now)
             if peer is not None:
                 comb = peers.get(peer)
                 if comb is not None:

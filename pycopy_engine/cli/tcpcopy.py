@@ -10,13 +10,20 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from ..core.engine import Engine, EngineConfig
+from ..core.engine import EngineConfig
 from ..core.mapping import TargetMap, expand_clt_ips
 from ..core.stats import Stats
 from ..errors import ConfigError, PycopyError
 from ..wire.control import DEFAULT_PORT
 from .common import (
-    Parser, die, int_range, ipv4, opt_type, parse_hostport_list, setup_logging, version_line,
+    Parser,
+    die,
+    int_range,
+    ipv4,
+    opt_type,
+    parse_hostport_list,
+    setup_logging,
+    version_line,
 )
 
 USAGE_EXAMPLE = """example:
@@ -133,7 +140,7 @@ def make_config(args: argparse.Namespace) -> EngineConfig:
         try:
             clt_ips = expand_clt_ips(args.clt_ips, targets)
         except (ValueError, OSError) as exc:
-            raise ConfigError("option -c: invalid value %r: %s" % (args.clt_ips, exc or "bad address"))
+            raise ConfigError("option -c: invalid value %r: %s" % (args.clt_ips, exc or "bad address")) from None
     keepalive = args.keepalive if args.keepalive is not None else args.timeout + 120
     return EngineConfig(
         maps=args.maps, clt_ips=clt_ips, localhost_ip=args.localhost_ip,

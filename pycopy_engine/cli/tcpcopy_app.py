@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from ..core.engine import Engine, EngineConfig
 from ..core.stats import Stats
@@ -37,10 +37,10 @@ class TcpCopyApp:
         self.exit_status = 0
         self.started = time.time()
         self.first_packet = False
-        self._timer = None
+        self._timer: Any = None
         self._timer_at: Optional[float] = None
-        self.capture = None
-        self.replay = None
+        self.capture: Any = None
+        self.replay: Any = None
         self.sender = RawSender(stats)
         if args.offline_file:
             self._open_replay()
@@ -91,7 +91,7 @@ class TcpCopyApp:
     def _on_capture(self) -> None:
         now = self.loop.time()
         on_capture = self.engine.on_capture
-        n = self.capture.read_batch(lambda pkt: on_capture(pkt, now))  # type: ignore[union-attr]
+        n = self.capture.read_batch(lambda pkt: on_capture(pkt, now))
         if n:
             self.first_packet = True
             self._flush()
@@ -140,12 +140,12 @@ class TcpCopyApp:
     def _replay_due(self, now: float) -> None:
         eng = self.engine
         rp = self.replay
-        for rnd, _ts, pkt in rp.due(now, 4096):  # type: ignore[union-attr]
+        for rnd, _ts, pkt in rp.due(now, 4096):
             eng.port_salt = (rnd - 1) * ROUND_PORT_STRIDE
             eng.flow_tag = rnd
             eng.on_capture(pkt, now)
             self.first_packet = True
-        if rp.done and self._tail_deadline is None:  # type: ignore[union-attr]
+        if rp.done and self._tail_deadline is None:
             self._tail_deadline = now + OFFLINE_TAIL
             self.log.log(25, "end of capture file: waiting up to %gs for %d session(s)",
                          OFFLINE_TAIL, len(eng.sessions))

@@ -120,9 +120,9 @@ class Sampler:
 
 
 def parse_ip(text: str) -> bytes:
-    import socket
+    import ipaddress
 
-    return socket.inet_aton(text) if text.count(".") == 3 else socket.inet_pton(socket.AF_INET6, text)
+    return ipaddress.ip_address(text).packed
 
 
 def expand_clt_ips(spec: str, target_ips: Sequence[bytes] = ()) -> List[bytes]:

@@ -11,7 +11,7 @@ records that arrive before their CLIENT_ADD wait in a delay table for up to
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Hashable, List, Optional, Tuple
+from typing import Hashable, List, Optional, Tuple
 
 from .stats import Stats
 

@@ -25,8 +25,20 @@ from collections import deque
 from typing import TYPE_CHECKING, Deque, List, Optional, Tuple
 
 from ..wire.tcpip import (
-    ACK, FIN, PSH, RST, SYN, Segment, build_ipv4_tcp, find_ts, parse_options, seq_diff, seq_le,
-    seq_lt, syn_options, ts_option,
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    Segment,
+    build_ipv4_tcp,
+    find_ts,
+    parse_options,
+    seq_diff,
+    seq_le,
+    seq_lt,
+    syn_options,
+    ts_option,
 )
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -15,7 +15,7 @@ import socket
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..core.stats import Stats
-from ..errors import PycopyError, ProtocolError
+from ..errors import ProtocolError, PycopyError
 from ..wire.control import HELLO, RECORD_SIZE, FrameDecoder
 from .channel import Peer, connect, connect_error, start_connect
 from .loop import Loop
@@ -124,7 +124,7 @@ class InterceptLinks:
     # ------------------------------------------------------------ traffic
 
     def _data(self, peer: Peer, data: bytes) -> None:
-        _srv, _i, dec = peer.tag  # type: ignore[misc]
+        dec: FrameDecoder = peer.tag[2]  # type: ignore[index]
         try:
             recs = dec.feed(data)
         except ProtocolError as exc:
@@ -136,7 +136,8 @@ class InterceptLinks:
             self.on_records(recs)
 
     def _closed(self, peer: Peer, reason: str) -> None:
-        srv, i, _dec = peer.tag  # type: ignore[misc]
+        srv: Server = peer.tag[0]  # type: ignore[index]
+        i: int = peer.tag[1]  # type: ignore[index]
         if srv.peers[i] is peer:
             srv.peers[i] = None
         if self.closing:

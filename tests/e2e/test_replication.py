@@ -52,7 +52,7 @@ def replication(lab, workdir):
 
 def settle(logs, host: str, n: int, timeout: float = 20.0):
     """Wait until ``host`` has logged n new requests, then a little longer for stragglers."""
-    recs = logs(host, n, timeout)
+    logs(host, n, timeout)
     time.sleep(0.5)
     return logs(host)
 

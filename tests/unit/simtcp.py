@@ -16,8 +16,17 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from pycopy_engine.wire.control import make_record
 from pycopy_engine.wire.tcpip import (
-    ACK, FIN, PSH, RST, SYN, build_ipv4_tcp, find_ts, parse_ipv4_tcp, parse_options, seq_lt,
-    syn_options, ts_option,
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    build_ipv4_tcp,
+    find_ts,
+    parse_ipv4_tcp,
+    parse_options,
+    syn_options,
+    ts_option,
 )
 
 M32 = 0xFFFFFFFF

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pycopy_engine.core.engine import Engine, EngineConfig
 from pycopy_engine.core.mapping import TargetMap
 from pycopy_engine.wire.control import CLT
-from pycopy_engine.wire.tcpip import ACK, FIN, RST, SYN, parse_ipv4_tcp, parse_options
+from pycopy_engine.wire.tcpip import RST, SYN, parse_ipv4_tcp, parse_options
 
 from .simtcp import SimClient, SimServer, Wire
 

@@ -11,8 +11,18 @@ from hypothesis import strategies as st
 from pycopy_engine.errors import WireError
 from pycopy_engine.wire import checksum as ck
 from pycopy_engine.wire.tcpip import (
-    ACK, FIN, PSH, SYN, build_ipv4_tcp, find_ts, parse_ipv4_tcp, parse_options, seq_diff,
-    seq_lt, syn_options, ts_option,
+    ACK,
+    FIN,
+    PSH,
+    SYN,
+    build_ipv4_tcp,
+    find_ts,
+    parse_ipv4_tcp,
+    parse_options,
+    seq_diff,
+    seq_lt,
+    syn_options,
+    ts_option,
 )
 
 from .fixtures import ip_packets

@@ -1,0 +1,32 @@
+# pycopy: the two commands of the README, and the pieces they are made of.
+PY ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: demo test deps unit e2e lint molecule bench wheel
+
+demo: deps            ## the main job on the built-in local lab (as root)
+	bash scripts/demo.sh
+
+test: deps            ## every test: unit, property, end-to-end, lint, Molecule
+	$(PY) -m pytest -ra $(PYTEST_ARGS) tests
+
+deps:
+	bash scripts/install-deps.sh
+
+unit: deps
+	$(PY) -m pytest -q tests/unit tests/offline tests/metrics
+
+e2e: deps
+	$(PY) -m pytest -q tests/e2e
+
+lint: deps
+	$(PY) -m ruff check pycopy_engine tests bench
+
+molecule: deps
+	$(PY) -m pytest -q -m molecule tests/ansible
+
+bench: deps
+	$(PY) bench/run.py
+
+wheel:
+	$(PY) -m pip wheel --no-deps -w dist .

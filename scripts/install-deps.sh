@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything pycopy's lab, tests and deployment need on a fresh Debian 12
+# machine (run as root). Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(iproute2 iptables tcpdump wrk libpcap0.8 systemd-container debootstrap
+          openssh-client procps psmisc python3-venv)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: apt packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+export PIP_ROOT_USER_ACTION=ignore
+PY=${PYTHON:-python3}
+stamp=.cache/deps.stamp
+mkdir -p .cache
+if [[ ! -f $stamp || requirements-dev.txt -nt $stamp || pyproject.toml -nt $stamp ]] \
+   || ! "$PY" -c "import pycopy_engine, scapy, ansible, molecule, testinfra, paramiko" 2>/dev/null; then
+  echo "install-deps: python packages"
+  "$PY" -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  "$PY" -m pip install -q --disable-pip-version-check -e .
+  touch "$stamp"
+fi
+echo "install-deps: ok"
