@@ -268,3 +268,20 @@ def test_missing_cap_net_raw(world: World) -> None:
         line.startswith("FAIL cap_net_raw: missing") and "setcap cap_net_raw" in line
         for line in res.stdout.splitlines()
     ), res.stdout
+
+
+def test_tcpcopy_and_intercept_doctor_entry_points(world: World) -> None:
+    tc = [sys.executable, "-m", "pycopy_engine.cli.tcpcopy", "--doctor"]
+    res = world.lab.run("online", [*tc, "-x", f"80-{T}:80", "-s", A, "-c", C], check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SYN-ACK reported by intercept" in res.stdout
+    ic = [sys.executable, "-m", "pycopy_engine.cli.intercept", "--doctor"]
+    res = world.lab.run("assistant", [*ic, "-i", "eth0", "-F", GOOD_FILTER], check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "OK   ip_forward: 0" in res.stdout and "OK   capture eth0" in res.stdout
+    world.lab.sysctl("assistant", "net.ipv4.ip_forward", 1)
+    try:
+        res = world.lab.run("assistant", [*ic, "-i", "eth0", "-F", GOOD_FILTER], check=False)
+        assert res.returncode == 1 and "FAIL ip_forward: is 1" in res.stdout
+    finally:
+        world.lab.sysctl("assistant", "net.ipv4.ip_forward", 0)

@@ -242,3 +242,41 @@ def test_options_from_the_real_tcpcopy_and_intercept_parsers() -> None:
     args = intercept.build_parser().parse_args(["-i", "eth0,eth1", "-F", "tcp", "--doctor"])
     o = options_from(args)
     assert (o.ifaces, o.filter, o.port) == (["eth0", "eth1"], "tcp", 36524)
+
+
+def _proc(tmp_path: Path, count: int, limit: int) -> str:
+    nf = tmp_path / "net" / "netfilter"
+    nf.mkdir(parents=True)
+    (nf / "nf_conntrack_count").write_text(f"{count}\n")
+    (nf / "nf_conntrack_max").write_text(f"{limit}\n")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "count,status,text",
+    [
+        (10, "OK", "10/1000 entries (1 %)"),
+        (700, "WARN", "table 700/1000 (70 %): little headroom -> sysctl -w net.netfilter.nf_conntrack_max=4000"),
+        (950, "FAIL", "table 950/1000 (95 %) full: sends fail with EPERM -> sysctl -w "
+                      "net.netfilter.nf_conntrack_max=4000 or iptables -t raw -I OUTPUT -p tcp -j NOTRACK"),
+    ],
+)  # fmt: skip
+def test_conntrack_headroom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, status: str, text: str
+) -> None:
+    """A /proc/sys stand-in: the kernel's nf_conntrack_max cannot be set in a netns."""
+    import io
+
+    from pycopy_engine.cli.doctor import DoctorOptions, run_doctor
+
+    monkeypatch.setattr(sysinfo, "PROC_SYS", _proc(tmp_path, count, 1000))
+    assert sysinfo.conntrack() == (count, 1000)
+    out = io.StringIO()
+    run_doctor("online", DoctorOptions(probe=False), out)
+    line = [ln for ln in out.getvalue().splitlines() if "conntrack" in ln][0]
+    assert line == f"{status:<4} conntrack: {text}"
+
+
+def test_conntrack_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sysinfo, "PROC_SYS", str(tmp_path))
+    assert sysinfo.conntrack() is None
