@@ -38,7 +38,7 @@ class Pacer(Generic[T]):
         "_skipped", "_last_release", "released", "last_ts", "skipped_total", "skipped_gaps",
     )  # fmt: skip
 
-    def __init__(self, speed: float = 1.0, idle_skip_ms: int = 0) -> None:
+    def __init__(self, speed: float = 1.0, idle_skip_ms: float = 0) -> None:
         if not speed > 0:
             raise ConfigError(f"-a speed-up must be > 0, got {speed!r}")
         if idle_skip_ms < 0:
@@ -150,7 +150,7 @@ class Replay(Generic[T]):
         open_packets: Callable[[], Iterable[tuple[float, T]]],
         rounds: int = 1,
         speed: float = 1.0,
-        idle_skip_ms: int = 0,
+        idle_skip_ms: float = 0,
         round_gap: float = 0.0,
     ) -> None:
         if rounds < 1:
