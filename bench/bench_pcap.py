@@ -19,7 +19,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pycopy_engine.io.pcapfile import PcapReader, PcapWriter, read_packets  # noqa: E402
 
-GOLDEN = "/work/shared/fixtures/tcpcopy-1.0/offline-input.pcap"
+GOLDEN = os.path.join(
+    os.environ.get(
+        "PYCOPY_FIXTURES",
+        os.path.join(
+            os.path.dirname(os.path.abspath(__file__)),
+            "..",
+            "..",
+            "shared",
+            "fixtures",
+            "tcpcopy-1.0",
+        ),
+    ),
+    "offline-input.pcap",
+)
 REPEAT = 7
 
 

@@ -17,7 +17,13 @@ from scapy.utils import PcapWriter as ScapyPcapWriter
 from pycopy_engine.errors import ConfigError
 from pycopy_engine.io.pcapfile import PcapReader, PcapWriter, read_packets
 
-FIXTURES = Path(os.environ.get("PYCOPY_FIXTURES", "/work/shared/fixtures/tcpcopy-1.0"))
+# the golden captures live in ../shared beside the repository (also in CI's clone)
+FIXTURES = Path(
+    os.environ.get(
+        "PYCOPY_FIXTURES",
+        Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "tcpcopy-1.0",
+    )
+)
 
 
 def ip_packets() -> list:
