@@ -194,7 +194,7 @@ class Replay(Generic[T]):
     def due(self, now: float, limit: int = 0) -> list[tuple[int, float, Any]]:
         """Packets due at ``now`` as ``(round, timestamp, item)``, in order."""
         out: list[tuple[int, float, Any]] = []
-        while not self.done:
+        while not self.done and not (limit and len(out) >= limit):
             if self._next_round_at is not None:
                 if self._next_round_at > now:
                     break
@@ -212,8 +212,6 @@ class Replay(Generic[T]):
                 # the round ends when its last packet is released (or at once if empty)
                 self._end_round(max(pacer._last_release, pacer._start))
                 continue
-            if limit and len(out) >= limit:
-                break
             if not batch:
                 break
         return out

@@ -148,3 +148,16 @@ def test_empty_capture_finishes_at_once() -> None:
     r: Replay[int] = Replay(list, rounds=3)
     assert drive(r, 7.0) == []
     assert r.done and r.finished_at == 7.0 and r.round == 3
+
+
+def test_limit_holds_across_round_boundaries() -> None:
+    r = Replay(packets, rounds=3)
+    r.start(0.0)
+    batches = []
+    while not r.done:
+        batch = r.due(1000.0, limit=5)
+        assert 0 < len(batch) <= 5
+        batches.append(batch)
+    flat = [(rnd, item) for b in batches for rnd, _, item in b]
+    assert flat == [(rnd, i) for rnd in (1, 2, 3) for i in range(8)]
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 4]
