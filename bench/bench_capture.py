@@ -4,9 +4,10 @@
 
 Builds a light netns lab (tests/lab), sends N TCP packets from the client to
 the online host with a RawSender (timed: raw send cost), lets the kernel queue
-them in four captures opened on online at the same time, then times draining
-each capture with ``read_batch`` (the packets are already queued, so the
-figure is the user-space cost per packet: syscalls, ring walking, the
+them in six captures opened on online at the same time (rings V2 and V3,
+recvmmsg and plain recv loops on AF_PACKET and raw IP sockets), then times
+draining each capture with ``read_batch`` (the packets are already queued, so
+the figure is the user-space cost per packet: syscalls, ring walking, the
 handler call).  Two handlers: ``noop`` and ``parse`` (one struct unpack of the
 IP+TCP header, as the engine does).  Prints microseconds per packet.
 """
@@ -79,10 +80,16 @@ def open_captures(prog: bytes) -> dict[str, Capture]:
         "ring TPACKET_V3": open_packet_capture(
             ["eth0"], prog, snaplen=65535, version=3, max_batch=4096, ring_bytes=96 << 20
         ),
-        "recv loop AF_PACKET": open_packet_capture(
+        "recvmmsg AF_PACKET": open_packet_capture(
             ["eth0"], prog, ring=False, snaplen=2048, rcvbuf=256 << 20
         ),
-        "recv loop raw IP": open_raw_ip_capture(prog, rcvbuf=256 << 20, snaplen=2048),
+        "recv loop AF_PACKET": open_packet_capture(
+            ["eth0"], prog, ring=False, snaplen=2048, rcvbuf=256 << 20, batched=False
+        ),
+        "recvmmsg raw IP": open_raw_ip_capture(prog, rcvbuf=256 << 20, snaplen=2048),
+        "recv loop raw IP": open_raw_ip_capture(
+            prog, rcvbuf=256 << 20, snaplen=2048, batched=False
+        ),
     }
 
 

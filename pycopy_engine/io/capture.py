@@ -23,6 +23,7 @@ lowered to the snaplen so the kernel copies no more than asked for.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -149,18 +150,78 @@ class Capture:
         self.close()
 
 
+class _IOVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+_FLAGS_OFF = _MsgHdr.msg_flags.offset
+_LEN_OFF = _MMsgHdr.msg_len.offset
+_MMSG_SIZE = ctypes.sizeof(_MMsgHdr)
+# msg_flags and msg_len of one struct mmsghdr, read in one unpack
+_FLAGS_LEN = struct.Struct(f"=i{_LEN_OFF - _FLAGS_OFF - 4}xI")
+
+
+def _libc_recvmmsg() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).recvmmsg
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
 class _RecvCapture(Capture):
-    """recv_into loop, at most ``max_batch`` packets per call."""
+    """Socket reads, at most ``max_batch`` packets per call: one recvmmsg(2)
+    per batch through ctypes where libc has it (``batched``), else a
+    recv_into loop (one syscall per packet)."""
 
     kind = "recv"
 
-    def __init__(self, sock: socket.socket, snaplen: int, max_batch: int = 64) -> None:
+    def __init__(
+        self, sock: socket.socket, snaplen: int, max_batch: int = 64, batched: bool = True
+    ) -> None:
         super().__init__(sock, snaplen)
+        self.max_batch = max_batch
+        self.lost = 0  # packets of a batch dropped because a handler raised
         self._buf = bytearray(snaplen)
         self._mv = memoryview(self._buf)
-        self.max_batch = max_batch
+        self._recvmmsg = _libc_recvmmsg() if batched else None
+        self.batched = self._recvmmsg is not None
+        if self.batched:
+            n = max_batch
+            self._data = ctypes.create_string_buffer(n * snaplen)
+            self._iov = (_IOVec * n)()
+            self._msgs = (_MMsgHdr * n)()
+            base = ctypes.addressof(self._data)
+            for i in range(n):
+                self._iov[i].iov_base = base + i * snaplen
+                self._iov[i].iov_len = snaplen
+                self._msgs[i].msg_hdr.msg_iov = ctypes.addressof(self._iov[i])
+                self._msgs[i].msg_hdr.msg_iovlen = 1
+            self._msgs_addr = ctypes.addressof(self._msgs)
+            self._dmv = memoryview(self._data).cast("B")
+            self._mmv = memoryview(self._msgs).cast("B")
 
     def read_batch(self, handle: Handle) -> int:
+        if self.batched:
+            return self._read_mmsg(handle)
         recv_into = self.sock.recv_into
         buf_mv = self._mv
         size = self.snaplen
@@ -177,6 +238,31 @@ class _RecvCapture(Capture):
             handle(buf_mv[:got])
         self._packets += n
         return n
+
+    def _read_mmsg(self, handle: Handle) -> int:
+        count = self._recvmmsg(
+            self.sock.fileno(), self._msgs_addr, self.max_batch, socket.MSG_DONTWAIT, None
+        )
+        if count <= 0:
+            return 0  # EAGAIN (or an error the next poll will show again)
+        mmv = self._mmv
+        dmv = self._dmv
+        snap = self.snaplen
+        unpack = _FLAGS_LEN.unpack_from
+        i = 0
+        try:
+            while i < count:
+                flags, length = unpack(mmv, i * _MMSG_SIZE + _FLAGS_OFF)
+                if flags & socket.MSG_TRUNC:
+                    self.truncated += 1
+                    length = snap
+                start = i * snap
+                i += 1
+                handle(dmv[start : start + length])
+        finally:
+            self._packets += i
+            self.lost += count - i  # a handler raised: the rest of the batch is gone
+        return count
 
 
 class RawIPCapture(_RecvCapture):
@@ -403,16 +489,18 @@ def open_raw_ip_capture(
     *,
     snaplen: int = 65535,
     max_batch: int = 64,
+    batched: bool = True,
 ) -> Capture:
     """``socket(AF_INET, SOCK_RAW, IPPROTO_TCP)``: inbound IPv4 TCP to local
-    addresses, as the C tcpcopy's default capture."""
+    addresses, as the C tcpcopy's default capture.  ``batched``: read with
+    recvmmsg(2) (one syscall per batch) where libc has it."""
     sock = _new_socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     try:
         sock.setblocking(False)
         _set_rcvbuf(sock, rcvbuf)
         if bpf_program is not None:
             bpf.attach_filter(sock, build_program(bpf_program, snaplen))
-        return RawIPCapture(sock, snaplen, max_batch)
+        return RawIPCapture(sock, snaplen, max_batch, batched)
     except BaseException:
         sock.close()
         raise
@@ -444,6 +532,7 @@ def open_packet_capture(
     block_timeout_ms: int = 1,
     max_batch: int = 256,
     rcvbuf: int = 16 << 20,
+    batched: bool = True,
 ) -> Capture:
     """AF_PACKET/SOCK_DGRAM capture on ``ifaces`` (None, [] or "any" = all).
 
@@ -460,7 +549,7 @@ def open_packet_capture(
     ``ring_bytes`` defaults to 16 MB (V2) or 32 MB (V3; 64 MB for a forced V2
     with large frames).  ``frame_size`` (V2) may be set below what ``snaplen``
     needs, trading counted truncation for memory.  ``ring=False`` or a ring
-    that cannot be set up gives a recv loop.
+    that cannot be set up gives socket reads (recvmmsg if ``batched``).
     """
     if snaplen <= 0 or snaplen > 262144:
         raise ConfigError(f"snaplen must be in 1..262144, not {snaplen}")
@@ -497,7 +586,7 @@ def open_packet_capture(
                     raise
                 # e.g. ENOMEM for the ring: fall back to recv
         _set_rcvbuf(sock, rcvbuf)
-        return PacketRecvCapture(sock, snaplen, max_batch=min(max_batch, 64))
+        return PacketRecvCapture(sock, snaplen, min(max_batch, 64), batched)
     except BaseException:
         sock.close()
         raise

@@ -90,16 +90,22 @@ def servers(http_servers):
     return http_servers
 
 
-KINDS = {2: "packet-ring", 3: "packet-ring-v3", None: "packet-recv"}
+KINDS = {2: "packet-ring", 3: "packet-ring-v3", None: "packet-recv", 0: "packet-recv"}
 
 
-@pytest.mark.parametrize("version", [2, 3, None], ids=["ring-v2", "ring-v3", "recv"])
+@pytest.mark.parametrize(
+    "version", [2, 3, None, 0], ids=["ring-v2", "ring-v3", "recvmmsg", "recv-loop"]
+)
 def test_packet_capture_sees_client_to_online(lab, servers, version):
     prog = bpf.compile_filter("tcp and dst port 80")
     with lab.inside("online"):
-        cap = open_packet_capture(["eth0"], prog, ring=version is not None, version=version)
+        cap = open_packet_capture(
+            ["eth0"], prog, ring=bool(version), version=version or None, batched=version is None
+        )
     try:
         assert cap.kind == KINDS[version]
+        if not version:
+            assert cap.batched == (version is None)
         res = run_client(lab, requests=20, connections=1, mode="close", tag=f"cap{version}")
         assert res["ok"] == 20
         pkts = [parse(p) for p in drain(cap)]
@@ -204,13 +210,14 @@ def test_snaplen_and_truncation(lab, servers):
         small_frames.close()
 
 
-def test_raw_ip_capture_sees_inbound_tcp(lab, servers):
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recv-loop"])
+def test_raw_ip_capture_sees_inbound_tcp(lab, servers, batched):
     with lab.inside("online"):
-        cap = open_raw_ip_capture(bpf.compile_filter("tcp and dst port 80"))
-        nofilter = open_raw_ip_capture(None)
+        cap = open_raw_ip_capture(bpf.compile_filter("tcp and dst port 80"), batched=batched)
+        nofilter = open_raw_ip_capture(None, batched=batched)
     try:
-        assert cap.kind == "raw-ip"
-        run_client(lab, requests=3, connections=1, tag="raw")
+        assert cap.kind == "raw-ip" and cap.batched == batched
+        run_client(lab, requests=3, connections=1, tag=f"raw{batched}")
         pkts = [parse(p) for p in drain(cap)]
         assert sum(1 for p in pkts if p["flags"] & 0x02) == 1
         assert all(p["dport"] == 80 and p["dst"] == lab.ip["online"] for p in pkts)
@@ -421,4 +428,33 @@ def test_full_ring_drops_are_counted(lab, version):
         assert seqs == sorted(seqs) and seqs[0] == 0  # the first ones were kept
     finally:
         cap.close()
+        sender.close()
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recv-loop"])
+def test_recv_capture_snaplen_and_truncation(lab, batched):
+    prog = bpf.compile_filter("tcp and dst port 9")
+    with lab.inside("online"):
+        raw = open_raw_ip_capture(prog, snaplen=100, batched=batched)
+        pkt = open_packet_capture(["eth0"], prog, ring=False, snaplen=100, batched=batched)
+        unfiltered = open_raw_ip_capture(None, snaplen=100, batched=batched)
+    with lab.inside("client"):
+        sender = RawSender()
+    try:
+        dst = socket.inet_aton(lab.ip["online"])
+        for i in range(150):  # 140-byte packets
+            sender.send(_probe(lab.ip["client"], lab.ip["online"], i), dst)
+        for cap in (raw, pkt):
+            got = drain(cap, lambda p: len(p) >= 150)
+            assert [len(p) for p in got] == [100] * 150
+            assert [parse(p)["seq"] for p in got] == list(range(150))
+            assert cap.kernel_stats()["read"] == 150
+            # the filter's accept value cut them to the snaplen: as asked, not counted
+            assert cap.truncated == 0
+        # no filter: the 100-byte buffer cut them, and that is counted
+        got = [p for p in drain(unfiltered) if parse(p)["dport"] == 9]
+        assert len(got) == 150 and unfiltered.truncated >= 150
+    finally:
+        for c in (raw, pkt, unfiltered):
+            c.close()
         sender.close()
