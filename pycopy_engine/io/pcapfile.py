@@ -214,9 +214,14 @@ class PcapReader:
         if self._iterated:
             raise RuntimeError("a PcapReader can be iterated only once")
         self._iterated = True
-        if self.format == "pcap":
-            return self._iter_pcap()
-        return self._iter_pcapng()
+        return self._iter_and_close()
+
+    def _iter_and_close(self) -> Iterator[tuple[float, bytes]]:
+        """The file is closed when iteration ends (``stopped_at`` etc. stay readable)."""
+        try:
+            yield from self._iter_pcap() if self.format == "pcap" else self._iter_pcapng()
+        finally:
+            self.close()
 
     # -- pcap -------------------------------------------------------------
     def _iter_pcap(self) -> Iterator[tuple[float, bytes]]:
@@ -396,6 +401,7 @@ class PcapReader:
     # -- lifecycle --------------------------------------------------------
     def close(self) -> None:
         self._f.close()
+        self._buf = b""
 
     def __enter__(self) -> PcapReader:
         return self

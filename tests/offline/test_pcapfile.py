@@ -351,3 +351,12 @@ def test_golden_first_synack_of_target_side() -> None:
     )
     pkts = [p for _, p in read_packets(str(FIXTURES / "target-side.pcap"))]
     assert want in pkts
+
+
+def test_file_is_closed_when_iteration_ends(tmp_path: Path) -> None:
+    path = tmp_path / "c.pcap"
+    with PcapWriter(str(path), linktype=101) as w:
+        w.write(1.0, bytes(ip_packets()[0]))
+    r = PcapReader(str(path))
+    assert len(list(r)) == 1
+    assert r._f.closed and r.packets == 1
