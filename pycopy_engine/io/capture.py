@@ -584,7 +584,12 @@ def open_packet_capture(
             except OSError as exc:
                 if exc.errno in (errno.EPERM, errno.EACCES):
                     raise
-                # e.g. ENOMEM for the ring: fall back to recv
+                # e.g. ENOMEM for the ring or the mapping: fall back to socket
+                # reads, after removing a ring that was set up (a zeroed request)
+                try:
+                    sock.setsockopt(SOL_PACKET, PACKET_RX_RING, bytes(28))
+                except OSError:
+                    pass
         _set_rcvbuf(sock, rcvbuf)
         return PacketRecvCapture(sock, snaplen, min(max_batch, 64), batched)
     except BaseException:

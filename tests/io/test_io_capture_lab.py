@@ -458,3 +458,26 @@ def test_recv_capture_snaplen_and_truncation(lab, batched):
         for c in (raw, pkt, unfiltered):
             c.close()
         sender.close()
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_ring_the_kernel_refuses_falls_back_to_socket_reads(lab, version):
+    """A 2 GB block is refused by the kernel at once (EINVAL, nothing is
+    allocated): the capture still works, with socket reads."""
+    prog = bpf.compile_filter("tcp and dst port 9")
+    with lab.inside("online"):
+        cap = open_packet_capture(
+            ["eth0"], prog, version=version, block_size=1 << 31, ring_bytes=1 << 31
+        )
+    with lab.inside("client"):
+        sender = RawSender()
+    try:
+        assert cap.kind == "packet-recv"
+        sender.send(
+            _probe(lab.ip["client"], lab.ip["online"], 5), socket.inet_aton(lab.ip["online"])
+        )
+        got = drain(cap, lambda p: len(p) >= 1)
+        assert [parse(p)["seq"] for p in got] == [5]
+    finally:
+        cap.close()
+        sender.close()
