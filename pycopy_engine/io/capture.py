@@ -202,7 +202,7 @@ class _RecvCapture(Capture):
         self.lost = 0  # packets of a batch dropped because a handler raised
         self._buf = bytearray(snaplen)
         self._mv = memoryview(self._buf)
-        self._recvmmsg = _libc_recvmmsg() if batched else None
+        self._recvmmsg: Any = _libc_recvmmsg() if batched else None
         self.batched = self._recvmmsg is not None
         if self.batched:
             n = max_batch

@@ -133,7 +133,7 @@ def cleanup_prefix(prefix: str) -> None:
 def reap_orphans(start: str) -> list[str]:
     """Clean up labs whose prefix starts with ``start`` and whose owner
     process is gone.  Returns the prefixes removed."""
-    removed = []
+    removed: list[str] = []
     if not REGISTRY.is_dir():
         return removed
     for entry in REGISTRY.iterdir():
