@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Handler(BaseHTTPRequestHandler):
