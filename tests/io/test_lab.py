@@ -13,6 +13,7 @@ import pytest
 from tests.lab.netns import (
     REGISTRY,
     Lab,
+    LabError,
     _netns_list,
     cleanup_prefix,
     lab_unavailable,
@@ -156,3 +157,22 @@ def test_lab_cleans_up_when_its_owner_exits_without_closing():
     assert out.stdout.strip() == f"{prefix}-client", out.stderr
     assert not [n for n in _netns_list() if n.startswith(prefix + "-")]
     assert not (REGISTRY / prefix).exists()
+
+
+def test_prefix_owned_by_a_live_process_is_refused(lab):
+    """A run must not tear down the lab of a concurrent run with the same prefix."""
+    other = subprocess.Popen(["sleep", "60"])
+    registry = REGISTRY / lab.prefix
+    saved = registry.read_text()
+    try:
+        registry.write_text(f"{other.pid}\n")
+        with pytest.raises(LabError, match="in use by the live process"):
+            Lab(lab.prefix, lab.subnet).setup()
+        # the running lab was left alone
+        assert sorted(lab.ns.values()) == sorted(
+            n for n in _netns_list() if n.startswith(lab.prefix + "-")
+        )
+    finally:
+        registry.write_text(saved)
+        other.kill()
+        other.wait()

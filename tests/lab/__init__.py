@@ -1,0 +1,1 @@
+"""The light netns lab used by end-to-end tests and benchmarks (see netns.py)."""

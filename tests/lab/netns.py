@@ -11,7 +11,8 @@ rp_filter 0; on assistant: ip_forward 0.
 
 Every object carries the prefix.  Entering a lab first removes whatever a
 crashed run with the same prefix left (processes in those namespaces are
-killed by PID).  A registry file per lab, ``/run/pycopy-labs/<prefix>``, holds
+killed by PID), but refuses a prefix whose registered owner is still alive
+(another run in progress).  A registry file per lab, ``/run/pycopy-labs/<prefix>``, holds
 the owner's PID, so :func:`reap_orphans` can remove labs whose owner died
 without touching labs of runs still alive.  Teardown is idempotent and also
 runs from atexit.
@@ -130,6 +131,15 @@ def cleanup_prefix(prefix: str) -> None:
         pass
 
 
+def lab_owner(prefix: str) -> int | None:
+    """The PID of the live process that owns the lab ``prefix``, if any."""
+    try:
+        pid = int((REGISTRY / prefix).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid > 0 and _alive(pid) else None
+
+
 def reap_orphans(start: str) -> list[str]:
     """Clean up labs whose prefix starts with ``start`` and whose owner
     process is gone.  Returns the prefixes removed."""
@@ -178,6 +188,12 @@ class Lab:
         self.close()
 
     def setup(self) -> None:
+        owner = lab_owner(self.prefix)
+        if owner is not None and owner != os.getpid():
+            raise LabError(
+                f"lab prefix {self.prefix!r} is in use by the live process {owner} "
+                "(a concurrent run?): pick another prefix"
+            )
         cleanup_prefix(self.prefix)
         REGISTRY.mkdir(parents=True, exist_ok=True)
         (REGISTRY / self.prefix).write_text(f"{os.getpid()}\n")
