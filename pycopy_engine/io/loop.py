@@ -11,6 +11,10 @@ more than half of it, so a session table that arms and cancels a timer per
 packet does not grow the heap without bound, and a cancelled timer costs
 nothing when its time comes.
 
+Remove a file descriptor's reader and writer before closing it (as with
+every epoll loop): a closed number reused by a new socket would otherwise
+inherit the old callbacks.
+
 :meth:`Loop.stop` is safe from a signal handler or another thread: it sets a
 flag and writes one byte to a self-pipe that the selector watches, so a
 SIGTERM wakes a loop blocked in ``epoll_wait`` at once.
@@ -106,7 +110,14 @@ class Loop:
             del self._handlers[fd]
             self._selector.unregister(fd)
         else:
-            self._selector.modify(fd, mask, entry)
+            try:
+                self._selector.modify(fd, mask, entry)
+            except OSError:  # closed (and reused) without remove_*: epoll forgot it
+                try:
+                    self._selector.unregister(fd)
+                except (KeyError, ValueError):
+                    pass
+                self._selector.register(fd, mask, entry)
 
     def add_reader(self, fd_or_sock: FdLike, callback: Callback) -> None:
         self._update(_fileno(fd_or_sock), 0, callback)
