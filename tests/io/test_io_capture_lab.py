@@ -10,6 +10,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 
@@ -131,7 +132,7 @@ def test_filter_drops_other_ports_and_directions(lab, servers):
         lab.run(
             "client",
             [
-                "python3",
+                sys.executable,
                 "-c",
                 (
                     "import socket\n"
