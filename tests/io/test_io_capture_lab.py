@@ -21,6 +21,7 @@ from pycopy_engine.io import bpf
 from pycopy_engine.io.capture import (
     Capture,
     CapturePermissionError,
+    build_program,
     open_packet_capture,
     open_raw_ip_capture,
 )
@@ -160,16 +161,22 @@ def test_ignore_outgoing(lab, servers):
     with lab.inside("online"):
         both = open_packet_capture(["eth0"], prog)
         inbound = open_packet_capture(["eth0"], prog, ignore_outgoing=True)
+        # the filter-only path used on kernels without PACKET_IGNORE_OUTGOING
+        by_filter = open_packet_capture(["eth0"], prog)
+    bpf.attach_filter(by_filter.sock, build_program(prog, 65535, (), drop_outgoing=True))
     try:
         run_client(lab, requests=5, connections=1, tag="out")
         a = [parse(p) for p in drain(both)]
         b = [parse(p) for p in drain(inbound)]
+        c = [parse(p) for p in drain(by_filter)]
         assert any(p["src"] == lab.ip["online"] for p in a)
         assert b and all(p["dst"] == lab.ip["online"] for p in b)
         assert len(b) == sum(1 for p in a if p["dst"] == lab.ip["online"])
+        assert c == b
     finally:
         both.close()
         inbound.close()
+        by_filter.close()
 
 
 def test_interface_selection(lab, servers):
