@@ -41,14 +41,21 @@ def intercept_argv(filt: str) -> list[str]:
 
 
 class World:
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, log_path: Path) -> None:
         self.lab = lab
+        self.log_path = log_path
         self.intercept: subprocess.Popen[bytes] | None = None
+
+    def check_intercept(self) -> None:
+        """A dead intercept would make every probe fail for the wrong reason."""
+        if self.intercept is not None and self.intercept.poll() is not None:
+            raise AssertionError(f"intercept exited: {self.log_path.read_text()[-3000:]}")
 
     def start_intercept(self, filt: str = GOOD_FILTER) -> None:
         self.stop_intercept()
+        self.log = open(self.log_path, "w")
         self.intercept = self.lab.popen(
-            "assistant", intercept_argv(filt), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            "assistant", intercept_argv(filt), stdout=self.log, stderr=subprocess.STDOUT
         )
         for _ in range(100):
             out = self.lab.run("assistant", ["ss", "-Hltn", "sport = :36524"]).stdout
@@ -62,6 +69,7 @@ class World:
         if self.intercept is not None:
             self.lab.stop(self.intercept)
             self.intercept = None
+            self.log.close()
 
     def doctor(self, host: str, *args: str) -> tuple[int, list[tuple[str, str, str]]]:
         res = self.lab.run(host, [*DOCTOR, *args], check=False, timeout=60)
@@ -80,6 +88,7 @@ class World:
             self.lab.run(host, shlex.split(part), timeout=20)
 
     def online(self, *extra: str) -> tuple[int, list[tuple[str, str, str]]]:
+        self.check_intercept()
         return self.doctor("online", "--role", "online", "-s", A, "-x", f"80-{T}:80", "-c", C,
                            *extra)  # fmt: skip
 
@@ -103,14 +112,15 @@ def fails(lines: list[tuple[str, str, str]]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
+    log_path = tmp_path_factory.mktemp("pyo-doctor") / "intercept.log"
     with Lab(PREFIX, SUBNET) as lab:
         lab.popen("target", [sys.executable, "-m", "http.server", "80", "--bind", T],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        w = World(lab)
+        w = World(lab, log_path)
         w.start_intercept()
         yield w
         w.stop_intercept()
