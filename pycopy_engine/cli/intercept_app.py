@@ -15,7 +15,7 @@ from ..io.capture import open_packet_capture
 from ..io.channel import Peer, listen
 from ..io.loop import Loop
 from ..wire.control import MSG_CLIENT_ADD, VERSION, ClientMsgDecoder, make_record
-from .common import install_stop_signals, reasons, remove_pid, version_line, write_pid
+from .common import install_stop_signals, reasons, remove_pid, tune_gc, version_line, write_pid
 from .statsout import StatsOutput
 
 SNAPLEN = 128  # a full IPv4 header and a full TCP header (60 + 60) fit
@@ -196,6 +196,7 @@ class InterceptApp:
         self.loop.add_reader(self.capture.fileno(), self._on_capture)
         self.loop.call_later(1.0, self._expire)
         self.out.start()
+        tune_gc()
         try:
             self.loop.run()
         finally:

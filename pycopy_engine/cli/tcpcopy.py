@@ -200,6 +200,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PycopyError as exc:
         log.error("%s", exc)
         die(str(exc), 1)
+    prof_path = os.environ.get("PYCOPY_PROFILE")
+    if prof_path:  # developers: cProfile of the whole run, written at exit
+        import cProfile
+
+        prof = cProfile.Profile()
+        try:
+            return prof.runcall(app.run)
+        finally:
+            prof.dump_stats(prof_path)
     return app.run()
 
 

@@ -19,7 +19,7 @@ from ..io.links import InterceptLinks, LinkError
 from ..io.loop import Loop
 from ..io.rawsend import RawSender
 from ..wire.control import encode_client_add
-from .common import install_stop_signals, reasons, remove_pid, version_line, write_pid
+from .common import install_stop_signals, reasons, remove_pid, tune_gc, version_line, write_pid
 from .statsout import StatsOutput
 
 OFFLINE_TAIL = 10.0  # at most this long waiting for responses after the file ends
@@ -205,6 +205,7 @@ class TcpCopyApp:
             self.replay.start(self.loop.time())
         self.out.start()
         self._arm()
+        tune_gc()
         try:
             self.loop.run()
         except PycopyError as exc:

@@ -94,7 +94,9 @@ class Engine:
         """(control messages, packets) produced since the last call."""
         if self._acks:
             for s in self._acks:
-                if not s.ended and s.state == ESTABLISHED:
+                # one ACK per session per batch, and none if a packet we sent
+                # since already carried this acknowledgement
+                if not s.ended and s.state == ESTABLISHED and s.ack_sent != s.rcv_nxt:
                     s.send_ack()
             self._acks.clear()
         ctl, tx = self.ctl_out, self.tx

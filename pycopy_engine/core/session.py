@@ -63,7 +63,8 @@ class Session:
         "ts_ok", "ts_recent", "ts_last", "clt_win", "ip_id", "queue", "sent", "waiting",
         "req_ack", "req_base", "online_base", "resp_quiet", "idle_at", "rto_at", "rto",
         "retries", "dupacks", "clt_fin_sent", "target_fin", "rebuild_at", "est_deadline",
-        "ended", "sched", "queued_bytes", "requests", "handshakes",
+        "ended", "sched", "queued_bytes", "requests", "handshakes", "stale_resets",
+        "ack_sent", "offer_ws", "offer_ts",
     )
 
     def __init__(self, engine: "Engine", flow: tuple, copy: int, key: tuple, now: float) -> None:
@@ -115,6 +116,10 @@ class Session:
         self.queued_bytes = 0
         self.requests = 0
         self.handshakes = 0
+        self.stale_resets = 0
+        self.ack_sent = -1
+        self.offer_ws = True
+        self.offer_ts = False
 
     # ------------------------------------------------------------ start
 
@@ -157,10 +162,13 @@ class Session:
         e.client_add(self)
         if self.syn_seg is not None and not self.fake:
             s = self.syn_seg
+            o = self._opts(s)
+            self.offer_ws, self.offer_ts = o.wscale is not None, o.ts_val is not None
             pkt = build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, self.isn, 0, SYN,
                                  s.win, s.opts, b"", s.ip_id, s.ttl, s.tos)
         else:
             ts = (self.ts_last, 0) if self.ts_last else None
+            self.offer_ws, self.offer_ts = True, ts is not None
             opts = syn_options(e.cfg.mss, FAKE_WSCALE, False, ts)
             pkt = build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, self.isn, 0, SYN,
                                  FAKE_WIN, opts, b"", self._next_id())
@@ -273,7 +281,8 @@ class Session:
                     break
                 continue
             if seg.flags & FIN:
-                if self.waiting and not no_wait and not self.resp_quiet:
+                if (self.waiting and not no_wait and not self.target_fin
+                        and not self._response_done(seg)):
                     break
                 self._pop()
                 self._send_ctl(FIN | ACK, seg)
@@ -285,7 +294,8 @@ class Session:
                     return
                 continue
             if seg.flags & RST:
-                if self.waiting and not no_wait and not self.resp_quiet:
+                if (self.waiting and not no_wait and not self.target_fin
+                        and not self._response_done(seg)):
                     break
                 self._pop()
                 self._send_ctl(RST | ACK, seg)
@@ -325,6 +335,7 @@ class Session:
             ip_id = seg.ip_id if off >= total and not self.fake else self._next_id()
             pkt = build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, seq, self.rcv_nxt,
                                  flags, win, opts, piece, ip_id, seg.ttl, seg.tos)
+            self.ack_sent = self.rcv_nxt
             e.emit(pkt, self.tip)
             e.stats.c["send_content"] += 1
             e.stats.c["send_bytes"] += len(piece)
@@ -338,6 +349,8 @@ class Session:
     def _send_ctl(self, flags: int, seg: Optional[Segment] = None) -> None:
         """A segment without payload from the client side (ACK, FIN, RST)."""
         ack = self.rcv_nxt if flags & ACK else 0
+        if flags & ACK:
+            self.ack_sent = ack
         win = FAKE_WIN if (self.fake or seg is None) else self.clt_win
         pkt = build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, self.snd_nxt, ack, flags,
                              win, self._ts_opts(), b"", self._next_id())
@@ -366,6 +379,16 @@ class Session:
         if self.state == SYN_SENT:
             if flags & SYN and flags & ACK and seg.ack == (self.isn + 1) & M32:
                 self._established(seg, now)
+            elif flags & ACK and not flags & SYN and self.handshakes + self.stale_resets < 8:
+                # The target still holds an older connection on this 4-tuple
+                # (FIN_WAIT/TIME_WAIT) and answered our SYN with an ACK: reset
+                # it with seq = its ACK (RFC 793, SYN-SENT) and try again at once.
+                self.stale_resets += 1
+                c["rst_sent:stale_target_conn"] += 1
+                pkt = build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, seg.ack, 0, RST,
+                                     0, b"", b"", self._next_id())
+                e.emit(pkt, self.tip)
+                self._resend_syn(now)
             else:
                 c["drop:resp_not_synack"] += 1
             return
@@ -430,12 +453,11 @@ class Session:
         self.rcv_nxt = (seg.seq + 1) & M32
         self.snd_una = seg.ack
         self.snd_nxt = seg.ack
-        offered = self._offered()
-        self.peer_wscale = o.wscale if (o.wscale is not None and offered[0]) else 0
+        self.peer_wscale = o.wscale if (o.wscale is not None and self.offer_ws) else 0
         self.peer_wnd = seg.win  # a SYN-ACK's window is never scaled
         if o.mss:
             self.mss = o.mss
-        self.ts_ok = o.ts_val is not None and offered[1]
+        self.ts_ok = o.ts_val is not None and self.offer_ts
         if self.ts_ok:
             self.ts_recent = o.ts_val  # type: ignore[assignment]
         self.state = ESTABLISHED
@@ -455,13 +477,6 @@ class Session:
             self.req_ack = self.online_base  # type: ignore[assignment]
             self.req_base = (self.target_isn + 1) & M32
             self.resp_quiet = False
-
-    def _offered(self) -> Tuple[bool, bool]:
-        """Did our SYN offer (window scale, timestamps)?"""
-        if self.syn_seg is not None and not self.fake:
-            o = self._opts(self.syn_seg)
-            return o.wscale is not None, o.ts_val is not None
-        return True, bool(self.ts_last)
 
     # ------------------------------------------------------------ timers
 

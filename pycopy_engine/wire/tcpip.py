@@ -12,7 +12,6 @@ import struct
 from typing import Optional, Tuple
 
 from ..errors import WireError
-from .checksum import checksum, pseudo_header_sum
 
 FIN = 0x01
 SYN = 0x02
@@ -109,28 +108,34 @@ def parse_ipv4_tcp(buf) -> Segment:
                    tot_len - ihl - doff, ip_id, ttl, tos)
 
 
+_IPTCP = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")  # both fixed headers: 40 bytes
+_PSEUDO = struct.Struct("!HH")
+
+
 def build_ipv4_tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
                    flags: int, win: int, opts: bytes = b"", payload: bytes = b"",
                    ip_id: int = 0, ttl: int = 64, tos: int = 0, df: bool = True) -> bytes:
     """Build an IPv4+TCP packet with both checksums computed in full.
 
-    ``opts`` must already be padded to a multiple of 4 bytes.
+    ``opts`` must already be padded to a multiple of 4 bytes.  One struct pack
+    for both headers and one big-integer sum over pseudo-header + segment.
     """
     olen = len(opts)
     if olen & 3 or olen > 40:
         raise WireError("TCP options length %d is not a multiple of 4 up to 40" % olen, "bad_opts")
     doff = 20 + olen
-    tcp = bytearray(TCP_HDR.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
-                                 (doff >> 2) << 4, flags, win & 0xFFFF, 0, 0))
-    tcp += opts
-    tcp += payload
-    seg_len = len(tcp)
-    _U16.pack_into(tcp, 16, checksum(tcp, pseudo_header_sum(src, dst, 6, seg_len)))
-    ip = bytearray(IP_HDR.pack(0x45, tos, 20 + seg_len, ip_id & 0xFFFF, 0x4000 if df else 0,
-                               ttl, 6, 0, src, dst))
-    _U16.pack_into(ip, 10, checksum(ip))
-    ip += tcp
-    return bytes(ip)
+    seg_len = doff + len(payload)
+    hdr = _IPTCP.pack(0x45, tos, 20 + seg_len, ip_id & 0xFFFF, 0x4000 if df else 0, ttl, 6, 0,
+                      src, dst, sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, doff << 2,
+                      flags, win & 0xFFFF, 0, 0)
+    body = hdr[20:] + opts + payload
+    n = int.from_bytes(src + dst + _PSEUDO.pack(6, seg_len) + body
+                       + (b"\0" if seg_len & 1 else b""), "big") % 0xFFFF
+    tcs = 0xFFFF - n if n else 0
+    n = int.from_bytes(hdr[:20], "big") % 0xFFFF
+    ics = 0xFFFF - n if n else 0
+    return b"".join((hdr[:10], _U16.pack(ics), hdr[12:36], _U16.pack(tcs), hdr[38:40],
+                     opts, payload))
 
 
 # ---------------------------------------------------------------- TCP options
