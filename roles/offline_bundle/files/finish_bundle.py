@@ -34,8 +34,7 @@ def deb_stanza(deb: Path) -> tuple[str, dict[str, str]]:
     ).stdout.rstrip("\n")
     md5 = hashlib.md5(deb.read_bytes(), usedforsecurity=False).hexdigest()
     extra = (
-        f"Filename: ./{deb.name}\nSize: {deb.stat().st_size}\n"
-        f"MD5sum: {md5}\nSHA256: {sha256(deb)}"
+        f"Filename: ./{deb.name}\nSize: {deb.stat().st_size}\nMD5sum: {md5}\nSHA256: {sha256(deb)}"
     )
     fields = {}
     for line in control.splitlines():
@@ -65,29 +64,51 @@ def main(argv: list[str]) -> int:
     for deb in debs:
         stanza, fields = deb_stanza(deb)
         stanzas.append(stanza)
-        deb_list.append({"package": fields.get("Package", ""), "version": fields.get("Version", ""),
-                         "architecture": fields.get("Architecture", ""), "file": f"debs/{deb.name}"})
+        deb_list.append(
+            {
+                "package": fields.get("Package", ""),
+                "version": fields.get("Version", ""),
+                "architecture": fields.get("Architecture", ""),
+                "file": f"debs/{deb.name}",
+            }
+        )
     (root / "debs" / "Packages").write_text("\n".join(stanzas), encoding="utf-8")
 
-    files = sorted(p for p in root.rglob("*") if p.is_file()
-                   and p.name not in ("manifest.json", "SHA256SUMS"))
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.name not in ("manifest.json", "SHA256SUMS")
+    )
     checksums = {str(p.relative_to(root)): sha256(p) for p in files}
     engine = next(w for w in wheels if wheel_name_version(w)[0] == "pycopy_engine")
     manifest = {
         "format": 1,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "engine": {"version": wheel_name_version(engine)[1], "wheel": f"wheels/{engine.name}",
-                   "sha256": checksums[f"wheels/{engine.name}"]},
-        "wheels": [{"name": n, "version": v, "file": f"wheels/{w.name}"}
-                   for w in wheels for n, v in [wheel_name_version(w)]],
+        "engine": {
+            "version": wheel_name_version(engine)[1],
+            "wheel": f"wheels/{engine.name}",
+            "sha256": checksums[f"wheels/{engine.name}"],
+        },
+        "wheels": [
+            {"name": n, "version": v, "file": f"wheels/{w.name}"}
+            for w in wheels
+            for n, v in [wheel_name_version(w)]
+        ],
         "debian": {"suite": "bookworm", "packages": deb_list},
         "sha256": checksums,
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     (root / "SHA256SUMS").write_text(
-        "".join(f"{digest}  {name}\n" for name, digest in checksums.items()), encoding="utf-8")
-    print(json.dumps({"engine": manifest["engine"]["version"], "wheels": len(wheels),
-                      "debs": len(debs), "files": len(checksums)}))
+        "".join(f"{digest}  {name}\n" for name, digest in checksums.items()), encoding="utf-8"
+    )
+    print(
+        json.dumps(
+            {
+                "engine": manifest["engine"]["version"],
+                "wheels": len(wheels),
+                "debs": len(debs),
+                "files": len(checksums),
+            }
+        )
+    )
     return 0
 
 
