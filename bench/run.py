@@ -151,7 +151,7 @@ def main() -> int:
                 time.sleep(1.0)
         for p in (tc, ic, *procs):
             lab.stop(p)
-        tail = subprocess.run(["tail", "-n", "14", str(work / "tcpcopy.log")],
+        tail = subprocess.run(["tail", "-n", "16", str(work / "tcpcopy.log")],
                               capture_output=True, text=True).stdout
         print("\ntcpcopy's last statistics:\n" + tail)
     if args.json:

@@ -46,6 +46,9 @@ class TcpCopyApp:
             self._open_replay()
         else:
             self._open_capture()
+        if self.capture is not None:
+            stats.add_gauge("capture_kernel_drops",
+                            lambda: self.capture.kernel_stats().get("drops", 0))
         self.links = InterceptLinks(
             self.loop, args.server_list, args.conns, stats, self._on_records,
             combined=not args.uncombined, lonely=args.lonely,
@@ -264,6 +267,8 @@ class TcpCopyApp:
             "requests:%d, rst by reason: %s" % (c["requests_sent"],
                                                 reasons(self.stats.by_reason("rst_sent"))),
             "drops by reason: %s" % reasons(self.stats.by_reason("drop")),
+            "capture: %s" % ", ".join("%s:%d" % kv for kv in sorted(
+                (self.capture.kernel_stats() if self.capture is not None else {}).items())),
             "send errors: %s, control links up:%d, reconnects:%d" % (
                 reasons(self.stats.by_reason("send_error")), self.links.live_count(),
                 c["control_reconnects"]),
