@@ -179,3 +179,17 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50000, 50, 100)
+
+
+def read_secret(path: Optional[str]) -> Optional[bytes]:
+    """The shared secret of --secret-file (surrounding white space removed)."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        die("option --secret-file: cannot read %s: %s" % (path, exc.strerror), 2)
+    if len(secret) < 16:
+        die("option --secret-file: %s holds %d bytes; use at least 16" % (path, len(secret)), 2)
+    return secret

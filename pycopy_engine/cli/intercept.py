@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds between statistics lines (30)")
     a("--stats-json", metavar="FILE", help="rewrite this JSON file with all counters every interval")
     a("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on this address")
+    a("--secret-file", metavar="FILE",
+      help="shared secret (at least 16 bytes) for pycopy-to-pycopy control links")
     a("--doctor", action="store_true", help="check this assistant host's set-up and exit")
     a("-h", "--help", action="help", help="show this help and exit")
     a("-v", "--version", action="version", version=version_line("intercept"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import time
+from collections import OrderedDict
 from typing import Any, Dict, List
 
 from ..core.router import Combiner, Router
@@ -14,11 +16,26 @@ from ..errors import ProtocolError, WireError
 from ..io.capture import open_packet_capture
 from ..io.channel import Peer, listen
 from ..io.loop import Loop
-from ..wire.control import MSG_CLIENT_ADD, VERSION, ClientMsgDecoder, make_record
-from .common import install_stop_signals, reasons, remove_pid, tune_gc, version_line, write_pid
+from ..wire.control import (
+    MSG_CLIENT_ADD,
+    VERSION,
+    ClientMsgDecoder,
+    check_auth,
+    make_record,
+)
+from .common import (
+    install_stop_signals,
+    read_secret,
+    reasons,
+    remove_pid,
+    tune_gc,
+    version_line,
+    write_pid,
+)
 from .statsout import StatsOutput
 
-SNAPLEN = 128  # a full IPv4 header and a full TCP header (60 + 60) fit
+SNAPLEN = 128
+AUTH_WAIT = 3.0  # seconds a new connection has to prove the shared secret  # a full IPv4 header and a full TCP header (60 + 60) fit
 
 
 class InterceptApp:
@@ -36,6 +53,8 @@ class InterceptApp:
         self.listener = listen(args.bind, args.port)
         self.allow = args.allow
         self.rewrite = args.rewrite
+        self.secret = read_secret(args.secret_file)
+        self.nonces: "OrderedDict[bytes, float]" = OrderedDict()
         self.exit_status = 0
         stats.add_gauge("tcpcopy_links", lambda: len(self.peers))
         stats.add_gauge("capture_kernel_drops", lambda: self.capture.kernel_stats().get("drops", 0))
@@ -63,6 +82,15 @@ class InterceptApp:
             self.peers[peer] = Combiner()
             self.stats.c["control_accepted"] += 1
             self.log.info("it adds fd:%d (tcpcopy %s)", peer.fd, peer.name)
+            if self.secret is not None:
+                self.loop.call_later(AUTH_WAIT, lambda p=peer: self._auth_deadline(p))
+
+    def _auth_deadline(self, peer: Peer) -> None:
+        if not peer.closed and not peer.authed:
+            self.stats.c["control_refused:auth"] += 1
+            self.log.error("tcpcopy %s refused: authentication required (start tcpcopy with "
+                           "--secret-file)", peer.name)
+            peer.close("authentication missing")
 
     def _data(self, peer: Peer, data: bytes) -> None:
         dec: ClientMsgDecoder = peer.tag  # type: ignore[assignment]
@@ -77,6 +105,24 @@ class InterceptApp:
         if first and dec.version is not None and dec.version != VERSION:
             self.log.warning("not compatible,client:%d,intercept:%d (%s)", dec.version, VERSION,
                              peer.name)
+        if self.secret is not None and not peer.authed:
+            if dec.auth is None and dec.count <= 1:
+                return  # only the hello so far: the proof may follow
+            if dec.auth is None:
+                why = "authentication required (start tcpcopy with --secret-file)"
+            else:
+                why = check_auth(self.secret, dec.auth, int(time.time() * 1000))
+                if not why and dec.auth in self.nonces:
+                    why = "replayed authentication record"
+            if why:
+                self.stats.c["control_refused:auth"] += 1
+                self.log.error("tcpcopy %s refused: %s", peer.name, why)
+                peer.close("authentication failed")
+                return
+            self.nonces[dec.auth] = time.time()  # type: ignore[index]
+            if len(self.nonces) > 10000:
+                self.nonces.popitem(last=False)
+            peer.authed = True
         now = self.loop.time()
         comb = self.peers.get(peer)
         for m in msgs:

@@ -19,7 +19,15 @@ from ..io.links import InterceptLinks, LinkError
 from ..io.loop import Loop
 from ..io.rawsend import RawSender
 from ..wire.control import encode_client_add
-from .common import install_stop_signals, reasons, remove_pid, tune_gc, version_line, write_pid
+from .common import (
+    install_stop_signals,
+    read_secret,
+    reasons,
+    remove_pid,
+    tune_gc,
+    version_line,
+    write_pid,
+)
 from .statsout import StatsOutput
 
 OFFLINE_TAIL = 10.0  # at most this long waiting for responses after the file ends
@@ -52,7 +60,8 @@ class TcpCopyApp:
         self.links = InterceptLinks(
             self.loop, args.server_list, args.conns, stats, self._on_records,
             combined=not args.uncombined, lonely=args.lonely,
-            on_reconnect=self._reregister, on_all_lost=self._all_lost)
+            on_reconnect=self._reregister, on_all_lost=self._all_lost,
+            secret=read_secret(args.secret_file))
         self.out = StatsOutput(self.loop, "tcpcopy", stats, log, self._stat_lines, args)
 
     # ------------------------------------------------------------ set-up
@@ -77,7 +86,7 @@ class TcpCopyApp:
         from ..io.pcapfile import PcapReader
 
         path = self.args.offline_file
-        PcapReader(path)  # fail early on an unreadable file or an unknown link type
+        PcapReader(path).close()  # fail early on an unreadable file or an unknown link type
         self.readers: List[PcapReader] = []
 
         def open_packets():

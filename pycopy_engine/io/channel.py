@@ -24,7 +24,7 @@ _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 class Peer:
     __slots__ = ("loop", "sock", "name", "on_data", "on_close", "max_out", "stats", "out",
-                 "closed", "_writing", "fd", "tag")
+                 "closed", "_writing", "fd", "tag", "authed")
 
     def __init__(self, loop: Loop, sock: socket.socket, name: str,
                  on_data: Callable[["Peer", bytes], None],
@@ -42,6 +42,7 @@ class Peer:
         self.closed = False
         self._writing = False
         self.tag: object = None
+        self.authed = False
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..core.stats import Stats
 from ..errors import ProtocolError, PycopyError
-from ..wire.control import HELLO, RECORD_SIZE, FrameDecoder
+from ..wire.control import HELLO, RECORD_SIZE, FrameDecoder, encode_auth
 from .channel import Peer, connect, connect_error, start_connect
 from .loop import Loop
 
@@ -44,7 +44,8 @@ class InterceptLinks:
                  combined: bool = True, lonely: bool = False,
                  on_reconnect: Optional[Callable[[Peer], None]] = None,
                  on_all_lost: Optional[Callable[[], None]] = None,
-                 connect_timeout: float = 3.0, max_backoff: float = 12.0) -> None:
+                 connect_timeout: float = 3.0, max_backoff: float = 12.0,
+                 secret: Optional[bytes] = None) -> None:
         self.loop = loop
         self.servers = [Server(h, p) for h, p in servers]
         self.per_server = max(1, per_server)
@@ -57,6 +58,7 @@ class InterceptLinks:
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
         self.closing = False
+        self.secret = secret
         stats.add_gauge("control_queue_bytes", self.queued)
         stats.add_gauge("control_links_up", self.live_count)
 
@@ -85,6 +87,11 @@ class InterceptLinks:
         peer.tag = (srv, i, dec)
         srv.peers[i] = peer
         peer.write(HELLO)
+        if self.secret is not None:
+            import os
+            import time
+
+            peer.write(encode_auth(self.secret, int(time.time() * 1000), os.urandom(8)))
         log.info("connected to intercept %s (link %d)", srv.label, i)
         if not first:
             self.stats.c["control_reconnects"] += 1

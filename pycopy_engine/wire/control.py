@@ -30,6 +30,15 @@ COMB_MAX = 16
 DEFAULT_PORT = 36524
 
 HELLO = CLT.pack(b"\0\0\0\0", 0, VERSION, b"\0\0\0\0", 0)
+
+# pycopy's optional authentication (pycopy to pycopy only): right after the
+# hello, a record of type MSG_AUTH whose client-port field gives the length of
+# what follows: 8-byte time (ms), 8-byte nonce, HMAC-SHA256 over both.  A
+# tcpcopy without a secret never sends it, so C peers are unaffected.
+MSG_AUTH = 0x5059
+AUTH_MAGIC = b"PYCP"
+AUTH_BODY = struct.Struct("!Q8s32s")
+AUTH_CONTEXT = b"pycopy control auth v1"
 _COUNT = struct.Struct("!H")
 _ZERO24 = bytes(24)
 
@@ -46,6 +55,33 @@ def encode_client_add(clt_ip: bytes, clt_port: int, target_ip: bytes, target_por
     return CLT.pack(clt_ip, clt_port, MSG_CLIENT_ADD, target_ip, target_port)
 
 
+def auth_digest(secret: bytes, millis: int, nonce: bytes) -> bytes:
+    import hashlib
+    import hmac
+
+    return hmac.new(secret, AUTH_CONTEXT + millis.to_bytes(8, "big") + nonce,
+                    hashlib.sha256).digest()
+
+
+def encode_auth(secret: bytes, millis: int, nonce: bytes) -> bytes:
+    body = AUTH_BODY.pack(millis, nonce, auth_digest(secret, millis, nonce))
+    return CLT.pack(AUTH_MAGIC, len(body), MSG_AUTH, b"\0\0\0\0", 1) + body
+
+
+def check_auth(secret: bytes, body: bytes, now_millis: int, max_skew_ms: int = 300_000) -> str:
+    """'' if ``body`` proves ``secret``, else the reason it does not."""
+    import hmac
+
+    if len(body) != AUTH_BODY.size:
+        return "bad authentication record"
+    millis, nonce, digest = AUTH_BODY.unpack(body)
+    if not hmac.compare_digest(digest, auth_digest(secret, millis, nonce)):
+        return "wrong secret"
+    if abs(now_millis - millis) > max_skew_ms:
+        return "authentication too old or clocks %d s apart" % ((now_millis - millis) // 1000)
+    return ""
+
+
 def encode_client_del(clt_ip: bytes, clt_port: int, target_ip: bytes, target_port: int) -> bytes:
     return CLT.pack(clt_ip, clt_port, MSG_CLIENT_DEL, target_ip, target_port)
 
@@ -59,29 +95,42 @@ class ClientMsgDecoder:
     through ``version`` so the caller can warn, as the C intercept does.
     """
 
-    __slots__ = ("_buf", "version")
+    __slots__ = ("_buf", "version", "auth", "count")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.version: Optional[int] = None
+        self.auth: Optional[bytes] = None  # the body of a pycopy MSG_AUTH, once read
+        self.count = 0
 
     def feed(self, data: bytes) -> List[ClientMsg]:
         buf = self._buf
         buf += data
         out: List[ClientMsg] = []
-        n = len(buf) - len(buf) % CLT_SIZE
+        end = len(buf)
         pos = 0
-        while pos < n:
+        while end - pos >= CLT_SIZE:
             msg = ClientMsg(*CLT.unpack_from(buf, pos))
-            pos += CLT_SIZE
             if self.version is None:
                 if msg.clt_ip != b"\0\0\0\0" or msg.clt_port != 0:
                     raise ProtocolError("client too old for intercept: first message is not a hello")
                 self.version = msg.type
+            elif msg.type == MSG_AUTH and msg.clt_ip == AUTH_MAGIC:
+                if self.count != 1:
+                    raise ProtocolError("authentication record after other messages")
+                if msg.clt_port > 1024:
+                    raise ProtocolError("authentication record of %d bytes" % msg.clt_port)
+                if end - pos < CLT_SIZE + msg.clt_port:
+                    break
+                self.auth = bytes(buf[pos + CLT_SIZE:pos + CLT_SIZE + msg.clt_port])
+                pos += msg.clt_port
             elif msg.type not in (MSG_CLIENT_ADD, MSG_CLIENT_DEL):
                 raise ProtocolError("unknown control message type %d" % msg.type)
+            pos += CLT_SIZE
+            self.count += 1
             out.append(msg)
-        del buf[:pos]
+        if pos:
+            del buf[:pos]
         return out
 
     @property

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,11 +14,6 @@ from tests.lab.services import logged_keys, run_client, sent_keys
 from .procs import Proc, intercept, tcpcopy
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture(scope="module")
-def workdir(lab_workdir: Path) -> Path:
-    return lab_workdir
 
 
 @pytest.fixture()

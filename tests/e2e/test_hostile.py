@@ -1,0 +1,203 @@
+"""Hostile and broken input on the real processes: garbage on the control
+channel in both directions, access control, the shared secret, a SYN flood
+under the memory bound."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab.services import logged_keys, run_client, sent_keys
+
+from .procs import Proc, intercept, tcpcopy
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture()
+def logs(http_servers):
+    start = {h: len(s.records()) for h, s in http_servers.items()}
+
+    def new(host: str, n: int = 0, timeout: float = 15.0):
+        s = http_servers[host]
+        recs = s.wait_records(start[host] + n, timeout) if n else s.records()
+        return recs[start[host]:]
+
+    return new
+
+
+def py_in(lab, host: str, code: str, timeout: float = 60.0) -> str:
+    r = lab.run(host, [sys.executable, "-c", textwrap.dedent(code)], timeout=timeout, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_garbage_on_intercept_control_port_only_drops_that_connection(lab, workdir, logs):
+    ic = intercept(lab, workdir, name="ic-garbage")
+    tc = tcpcopy(lab, workdir, name="tc-garbage")
+    try:
+        a = lab.ip["assistant"]
+        out = py_in(lab, "online", f"""
+            import socket, time
+            results = []
+            for payload in (b"GET / HTTP/1.0\\r\\n\\r\\n", b"\\0" * 6 + b"\\0\\6" + b"\\0" * 6 + b"\\x01" * 14 + b"\\xff" * 14):
+                s = socket.create_connection(("{a}", 36524), timeout=5)
+                s.sendall(payload)
+                s.settimeout(5)
+                try:
+                    results.append(s.recv(100) == b"")
+                except OSError:
+                    results.append(True)
+            # a half message that never completes must not block anybody
+            lazy = socket.create_connection(("{a}", 36524), timeout=5)
+            lazy.sendall(b"\\0" * 7)
+            print(results)
+            time.sleep(0.2)
+        """)
+        assert out.strip() == "[True, True]"  # both garbage connections were closed by intercept
+        res = run_client(lab, requests=200, connections=4, mode="close", tag="garb")
+        target = logs("target", 200)
+        time.sleep(0.3)
+        assert logged_keys(logs("target")) == sent_keys(res)
+        log = ic.log()
+        assert "too old" in log and "unknown control message type" in log
+        assert ic.stats()["control_protocol_errors"] == 2
+        assert target
+    finally:
+        tc.stop()
+        ic.stop()
+
+
+FAKE_INTERCEPT = """
+import socket, sys, time
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 36600)); srv.listen(8)
+conns = []
+end = time.time() + float(sys.argv[1])
+srv.settimeout(0.2)
+while time.time() < end:
+    try:
+        c, _ = srv.accept()
+    except socket.timeout:
+        continue
+    c.recv(14)
+    c.sendall(bytes.fromhex(sys.argv[2]))   # garbage frames
+    conns.append(c)
+"""
+
+
+@pytest.mark.parametrize("garbage,expect", [
+    ("ffff" + "78" * 100, "link_dropped"),     # a count far above 16: the framing is lost
+    ("0001" + "60" * 64, "record_skipped"),    # a well-framed record that is not IPv4
+])
+def test_garbage_from_an_intercept_drops_that_link_only(lab, workdir, logs, garbage, expect):
+    fake_path = Path(workdir) / "fake_intercept.py"
+    fake_path.write_text(FAKE_INTERCEPT)
+    fake = lab.popen("assistant", [sys.executable, str(fake_path), "30", garbage])
+    ic = intercept(lab, workdir, name="ic-realpeer")
+    time.sleep(0.5)
+    a = lab.ip["assistant"]
+    tc = tcpcopy(lab, workdir, extra=["-s", f"{a}:36524,{a}:36600"], name="tc-fakepeer")
+    try:
+        res = run_client(lab, requests=200, connections=4, mode="close", tag="fakepeer")
+        logs("target", 200)
+        time.sleep(0.3)
+        assert logged_keys(logs("target")) == sent_keys(res)
+        assert tc.proc.poll() is None
+        st = tc.stats()
+        if expect == "link_dropped":
+            assert st["control_lost"] >= 1 and st["control_protocol_errors"] >= 1
+            log = tc.log()
+            assert f"intercept {a}:36600: num:65535 > threshold" in log
+        else:
+            assert st["drop:record_not_tcp"] >= 1 and st.get("control_lost", 0) == 0
+    finally:
+        tc.stop()
+        ic.stop()
+        lab.stop(fake)
+
+
+def test_allow_list_refuses_others(lab, workdir):
+    ic = intercept(lab, workdir, extra=["--allow", "10.99.0.0/16"], name="ic-allow")
+    try:
+        p = Proc(lab, "online", "tcpcopy", ["-x", f"80-{lab.ip['target']}:80", "-s",
+                                            lab.ip["assistant"]], workdir, "tc-allow", ready=False)
+        assert p.proc.wait(timeout=20) == 1
+        assert "all intercept connections lost" in p.log()
+        p.stop()
+        assert "not in --allow" in ic.log()
+        assert ic.stats()["control_refused:not_allowed"] >= 1
+    finally:
+        ic.stop()
+
+
+def test_shared_secret(lab, workdir, logs):
+    good = Path(workdir) / "secret"
+    good.write_text("correct horse battery staple\n")
+    bad = Path(workdir) / "secret-bad"
+    bad.write_text("incorrect horse battery staple\n")
+    ic = intercept(lab, workdir, extra=["--secret-file", str(good)], name="ic-secret")
+    try:
+        for name, extra in (("tc-nosecret", []), ("tc-badsecret", ["--secret-file", str(bad)])):
+            p = Proc(lab, "online", "tcpcopy", ["-x", f"80-{lab.ip['target']}:80", "-s",
+                                                lab.ip["assistant"], *extra], workdir, name,
+                     ready=False)
+            assert p.proc.wait(timeout=20) == 1, p.log()
+            p.stop()
+        log = ic.log()
+        assert "authentication required" in log and "wrong secret" in log
+        tc = tcpcopy(lab, workdir, extra=["--secret-file", str(good)], name="tc-secret")
+        try:
+            res = run_client(lab, requests=100, connections=4, mode="close", tag="secret")
+            logs("target", 100)
+            time.sleep(0.3)
+            assert logged_keys(logs("target")) == sent_keys(res)
+        finally:
+            tc.stop()
+    finally:
+        ic.stop()
+
+
+def test_syn_flood_stays_under_memory_bound(lab, workdir, logs):
+    ic = intercept(lab, workdir, name="ic-flood")
+    tc = tcpcopy(lab, workdir, extra=["-m", "8"], name="tc-flood")
+    try:
+        o = lab.ip["online"]
+        c = lab.ip["client"]
+        # a real flood's sources never answer: keep the client from resetting online's SYN-ACKs
+        rule = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
+        lab.run("client", ["iptables", "-I", *rule])
+        py_in(lab, "client", f"""
+            import socket, struct, sys
+            sys.path.insert(0, ".")
+            from pycopy_engine.wire.tcpip import build_ipv4_tcp, SYN, syn_options
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            src, dst = socket.inet_aton("{c}"), socket.inet_aton("{o}")
+            opts = syn_options(1460, 7, True, (1, 0))
+            for i in range(20000):
+                port = 20000 + i % 40000
+                pkt = build_ipv4_tcp(src, dst, port, 80, i * 7919, 0, SYN, 65535, opts, b"", i)
+                s.sendto(pkt, ("{o}", 0))
+        """)
+        lab.run("client", ["iptables", "-D", *rule])
+        time.sleep(2.0)
+        st = tc.stats()
+        assert st["syn_cnt"] >= 15000
+        assert st["evicted:memory_limit"] > 0
+        assert st["sessions_active"] * 3000 + st["buffered_bytes"] <= 8 << 20
+        rss_kb = int(next(line for line in open(f"/proc/{tc.proc.pid}/status")
+                          if line.startswith("VmRSS")).split()[1])
+        assert rss_kb < 300_000
+        res = run_client(lab, requests=200, connections=4, mode="close", tag="flood")
+        logs("target", 200)
+        time.sleep(0.3)
+        assert logged_keys([r for r in logs("target") if "/flood/" in r["path"]]) == sent_keys(res)
+    finally:
+        tc.stop()
+        ic.stop()
+
+
