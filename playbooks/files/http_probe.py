@@ -21,8 +21,13 @@ def main() -> int:
         url = f"{args.url}-{n}"
         try:
             with urllib.request.urlopen(url, timeout=args.timeout) as resp:
-                answers.append({"path": url, "status": resp.status,
-                                "body": resp.read(200).decode("utf-8", "replace")})
+                answers.append(
+                    {
+                        "path": url,
+                        "status": resp.status,
+                        "body": resp.read(200).decode("utf-8", "replace"),
+                    }
+                )
         except OSError as exc:
             answers.append({"path": url, "status": None, "error": str(exc)})
     ok = sum(1 for a in answers if a["status"] == 200)

@@ -4,6 +4,7 @@ any number of tcpcopy connections, none of which can stall the others."""
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import logging
 import time
@@ -83,7 +84,7 @@ class InterceptApp:
             self.stats.c["control_accepted"] += 1
             self.log.info("it adds fd:%d (tcpcopy %s)", peer.fd, peer.name)
             if self.secret is not None:
-                self.loop.call_later(AUTH_WAIT, lambda p=peer: self._auth_deadline(p))
+                self.loop.call_later(AUTH_WAIT, functools.partial(self._auth_deadline, peer))
 
     def _auth_deadline(self, peer: Peer) -> None:
         if not peer.closed and not peer.authed:
