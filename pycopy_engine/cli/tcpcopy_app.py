@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from ..core.engine import Engine, EngineConfig
 from ..core.stats import Stats
@@ -164,12 +164,34 @@ class TcpCopyApp:
             self._check_tail()
 
     _tail_deadline: Optional[float] = None
+    _progress_last: Tuple[float, int] = (0.0, 0)
 
     def _check_tail(self) -> None:
         if not self.engine.sessions or self.loop.time() >= self._tail_deadline:  # type: ignore[operator]
             self.loop.stop()
             return
         self.loop.call_later(0.05, self._check_tail)
+
+    def _progress_text(self) -> str:
+        pos = self.replay.position()
+        off = pos.file_offset_s
+        return "round %d/%d, packet %d, file +%.1fs, sessions %d, requests %d" % (
+            pos.round, pos.rounds, pos.index, off, len(self.engine.sessions),
+            self.stats.c["requests_sent"])
+
+    def _progress(self) -> None:
+        """On a terminal: one line rewritten in place every half second."""
+        now = self.loop.time()
+        t0, r0 = self._progress_last
+        reqs = self.stats.c["requests_sent"]
+        rate = (reqs - r0) / max(now - t0, 1e-6)
+        self._progress_last = (now, reqs)
+        sys.stderr.write("\r\x1b[K[replay] %s, %.0f requests/s" % (self._progress_text(), rate))
+        sys.stderr.flush()
+        if not self.replay.done or self.engine.sessions:
+            self.loop.call_later(0.5, self._progress)
+        else:
+            sys.stderr.write("\n")
 
     def _reregister(self, peer) -> None:
         """A link came back (-L): tell intercept about every live session again."""
@@ -216,6 +238,9 @@ class TcpCopyApp:
         if self.replay is not None:
             self.replay.start(self.loop.time())
         self.out.start()
+        if self.replay is not None and sys.stderr.isatty():
+            self._progress_last = (self.loop.time(), 0)
+            self.loop.call_later(0.5, self._progress)
         self._arm()
         tune_gc()
         try:
@@ -261,7 +286,8 @@ class TcpCopyApp:
             return []
         c = self.stats.c
         e = self.engine
-        return [
+        head = ["offline: " + self._progress_text()] if self.replay is not None else []
+        return head + [
             "active:%d,rel:%d,obs del:%d,tw:%d" % (
                 len(e.sessions), c["sessions_closed"],
                 sum(self.stats.by_reason("sessions_failed").values()), len(e.time_wait)),
