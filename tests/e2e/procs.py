@@ -46,6 +46,15 @@ class Proc:
                 time.sleep(0.05)
         return {}
 
+    def wait_stat(self, key: str, at_least: float = 1, timeout: float = 5.0) -> float:
+        """The counter ``key`` once it reached ``at_least`` (or its value at the deadline)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.stats().get(key, 0) or 0
+            if v >= at_least or time.monotonic() > deadline:
+                return v
+            time.sleep(0.1)
+
     def log(self) -> str:
         if not self._log.closed:
             self._log.flush()

@@ -178,7 +178,7 @@ def test_intercept_restart_with_L_resumes(lab, workdir, logs):
         deadline = time.monotonic() + 20
         while tc.stats().get("control_reconnects", 0) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert tc.stats().get("control_reconnects", 0) >= 2
+        assert tc.wait_stat("control_reconnects", 2) >= 2
         second = run_client(lab, requests=100, connections=4, mode="close", tag="L2")
         target = settle(logs, "target", 200)
         assert logged_keys([r for r in target if "/L2/" in r["path"]]) == sent_keys(second)
