@@ -118,9 +118,7 @@ class TcpCopyApp:
     def _flush(self) -> None:
         ctl, tx = self.engine.take_output()
         if ctl:
-            broadcast = self.links.broadcast
-            for msg in ctl:
-                broadcast(msg)
+            self.links.broadcast_many(ctl)
         if tx:
             send = self.sender.send
             for pkt, dst in tx:

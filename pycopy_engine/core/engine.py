@@ -177,7 +177,9 @@ class Engine:
         return [s for s in out if not s.ended]
 
     def _in_use(self, key: Key) -> bool:
-        return key in self.sessions or key in self.time_wait
+        # Only live sessions block a 4-tuple: the real client reuses ports as
+        # soon as its side allows, and a copy must be free to do the same.
+        return key in self.sessions
 
     def on_record(self, rec, now: float) -> None:
         c = self.stats.c

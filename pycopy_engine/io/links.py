@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..core.stats import Stats
 from ..errors import ProtocolError, PycopyError
@@ -172,6 +172,30 @@ class InterceptLinks:
             else:
                 self.stats.c["drop:client_add_no_link"] += 1
         return n
+
+    def broadcast_many(self, msgs: List[bytes]) -> None:
+        """Send each message to every intercept (round-robin over its links),
+        one write per link for the whole batch."""
+        if len(msgs) == 1:
+            self.broadcast(msgs[0])
+            return
+        for srv in self.servers:
+            peers = srv.peers
+            k = len(peers)
+            parts: Dict[int, List[bytes]] = {}
+            for msg in msgs:
+                for _ in range(k):
+                    srv.rr = (srv.rr + 1) % k
+                    p = peers[srv.rr]
+                    if p is not None and not p.closed:
+                        parts.setdefault(srv.rr, []).append(msg)
+                        break
+                else:
+                    self.stats.c["drop:client_add_no_link"] += 1
+            for i, chunk in parts.items():
+                p = peers[i]
+                if p is not None:
+                    p.write(b"".join(chunk))
 
     def live_count(self) -> int:
         return sum(1 for s in self.servers for p in s.peers if p is not None and not p.closed)
