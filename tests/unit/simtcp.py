@@ -64,6 +64,7 @@ class SimServer:
     ts: bool = True
     window: int = 65535
     close_after: Optional[int] = None      # close (FIN) after this many requests
+    greeting: bytes = b""                  # sent when the handshake completes (server speaks first)
     seed: int = 1
     conns: Dict[Tuple[bytes, int], Conn] = field(default_factory=dict)
     log: List[Tuple[Tuple[bytes, int], bytes]] = field(default_factory=list)
@@ -119,6 +120,8 @@ class SimServer:
             return
         if t is not None:
             c.ts_recent = t[0]
+        if self.greeting and c.snd_nxt == (c.isn + 1) & M32 and seg.ack == c.snd_nxt:
+            self._send(c, ACK | PSH, self.greeting)
         if seg.plen:
             if seg.seq != c.rcv_nxt:
                 self._send(c, ACK)  # duplicate ACK

@@ -83,17 +83,24 @@ def test_timestamps_rewritten_to_targets():
 def test_request_held_until_response_complete():
     eng, target, wire = make()
     cl, online = conversation(2, sizes=(20000, 10))
-    # drop response records while the first response is in flight: the 2nd request must wait
     held = []
-    wire.drop_records = lambda rec: bool(held) is False and rec[33] & 0x08 and held.append(rec) is None
-    for pkt in cl.captured[:4]:  # SYN, ACK, request 1, client ACK
+    # the target's response data is still on its way (held back), its ACKs are not
+    def has_data(rec):
+        return (rec[2] << 8 | rec[3]) - 20 - (rec[32] >> 4) * 4 > 0
+
+    wire.drop_records = lambda rec: has_data(rec) and held.append(rec) is None
+    for pkt in cl.captured[:5]:  # SYN, ACK, request 1, client ACK, request 2
         wire.capture(pkt)
+    assert eng.stats.c["requests_sent"] == 1  # request 2 waits for response 1
     wire.drop_records = None
-    n_before = eng.stats.c["requests_sent"]
-    wire.capture(cl.captured[4])  # request 2 (its ACK says the client saw all 20000 bytes)
-    assert n_before == 1
-    # the target's first segment was lost to intercept: we have less than online had
-    assert eng.stats.c["requests_sent"] >= 1
+    for rec in held[:5]:  # part of the response: still less than online had sent
+        eng.on_record(rec, wire.now)
+    wire.settle()
+    assert eng.stats.c["requests_sent"] == 1
+    for rec in held[5:]:
+        eng.on_record(rec, wire.now)
+    wire.settle()
+    assert eng.stats.c["requests_sent"] == 2  # released by size, no timer needed
     replay(wire, cl.captured[5:])
     assert [l for _p, l in target.log] == [l for _p, l in online.log]
 
@@ -285,21 +292,27 @@ def test_port_reuse_starts_new_session():
 
 
 def test_greeting_protocol_waits_for_server_first():
-    greeting = b"HELLO\r\n"
-
-    class Greeter(SimServer):
-        def _synack(self, c):
-            super()._synack(c)
-
-    # online: the client reads a greeting before its first request; model it by the ACK number
-    online = SimServer(ONLINE, 80, seed=5)
+    greeting = b"220 ready\r\n"
+    online = SimServer(ONLINE, 80, seed=5, greeting=greeting)
     cl = SimClient(online, CLIENT, 44000, isn=77)
     cl.connect()
-    cl.ack = (cl.ack + len(greeting)) & 0xFFFFFFFF  # the client had received a greeting
-    cl.request(b"GET 10 /after-greeting")
-    eng, target, wire = make()
+    assert cl.received == greeting
+    cl.request(b"HELO 10 after-greeting")
+    # a target that greets: the request follows the greeting
+    eng, target, wire = make(target_kw={"greeting": greeting})
+    held = []
+    wire.drop_records = lambda rec: rec[33] & 0x08 and not held and held.append(rec) is None
     for pkt in cl.captured[:2]:
         wire.capture(pkt)
     wire.capture(cl.captured[2])
-    # the target never greets: the request waits, then goes after the quiet timeout? no data at all
-    assert eng.stats.c["requests_sent"] == 0
+    assert eng.stats.c["requests_sent"] == 0  # the greeting was lost on the way: hold
+    assert target.log == []
+    # the same conversation, greeting delivered: the request goes out
+    eng2, target2, wire2 = make(target_kw={"greeting": greeting})
+    replay(wire2, cl.captured)
+    assert [l for _p, l in target2.log] == [b"HELO 10 after-greeting"]
+    # a target that never greets: the request waits (no response data at all)
+    eng3, target3, wire3 = make()
+    replay(wire3, cl.captured)
+    wire3.advance(1.0)
+    assert eng3.stats.c["requests_sent"] == 0 and target3.log == []
