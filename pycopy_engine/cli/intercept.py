@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="addresses/networks allowed to connect (default: any)")
     a("--max-routes", type=opt_type("--max-routes", int_range(16), "bad size"),
       default=1 << 20, help="route table bound (1048576)")
+    a("--peer-buffer", type=opt_type("--peer-buffer", int_range(16), "bad size"), default=8192,
+      help="KB queued for one slow tcpcopy before its records are dropped (8192)")
     a("--stats-interval", type=opt_type("--stats-interval", float, "bad interval"), default=30.0,
       help="seconds between statistics lines (30)")
     a("--stats-json", metavar="FILE", help="rewrite this JSON file with all counters every interval")

@@ -78,7 +78,8 @@ class InterceptApp:
                 self.log.warning("refused control connection from %s:%d (not in --allow)", *addr)
                 sock.close()
                 continue
-            peer = Peer(self.loop, sock, "%s:%d" % addr, self._data, self._closed, self.stats)
+            peer = Peer(self.loop, sock, "%s:%d" % addr, self._data, self._closed, self.stats,
+                        max_out=self.args.peer_buffer << 10)
             peer.tag = ClientMsgDecoder()
             self.peers[peer] = Combiner()
             self.stats.c["control_accepted"] += 1

@@ -4,6 +4,7 @@ under the memory bound."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 import time
@@ -202,3 +203,47 @@ def test_syn_flood_stays_under_memory_bound(lab, workdir, logs):
         ic.stop()
 
 
+
+
+def test_slow_tcpcopy_never_stalls_the_others(lab, workdir, logs):
+    """A tcpcopy that registers sessions and then never reads: its records are
+    dropped and counted, while the real tcpcopy's replication stays whole."""
+    ic = intercept(lab, workdir, extra=["--peer-buffer", "64"], name="ic-slow")
+    tc = tcpcopy(lab, workdir, name="tc-slowpeer")
+    a, t, c = lab.ip["assistant"], lab.ip["target"], lab.ip["client"]
+    slow = lab.popen("online", [sys.executable, "-c", textwrap.dedent(f"""
+        import socket, sys, time
+        sys.path.insert(0, ".")
+        from pycopy_engine.wire.control import HELLO, encode_client_add
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("{a}", 36524))
+        msgs = [encode_client_add(socket.inet_aton("{c}"), p, socket.inet_aton("{t}"), 80)
+                for p in range(5000, 25000)]
+        s.sendall(HELLO + b"".join(msgs))
+        print("registered", flush=True)
+        time.sleep(60)   # and never read
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert slow.stdout.readline().strip() == "registered"
+        time.sleep(0.5)
+        # the target answers 20,000 SYNs for the slow peer's sessions: its records pile up
+        py_in(lab, "client", f"""
+            import socket, sys
+            sys.path.insert(0, ".")
+            from pycopy_engine.wire.tcpip import build_ipv4_tcp, SYN
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            src, dst = socket.inet_aton("{c}"), socket.inet_aton("{t}")
+            for p in range(5000, 25000):
+                s.sendto(build_ipv4_tcp(src, dst, p, 80, p * 7919, 0, SYN, 65535), ("{t}", 0))
+        """)
+        res = run_client(lab, requests=300, connections=4, mode="close", tag="slowpeer")
+        logs("target", 300)
+        time.sleep(0.3)
+        assert logged_keys([r for r in logs("target") if "/slowpeer/" in r["path"]]) == sent_keys(res)
+        assert ic.wait_stat("drop:records_peer_slow") > 0
+        assert slow.poll() is None and tc.proc.poll() is None
+    finally:
+        lab.stop(slow)
+        tc.stop()
+        ic.stop()
