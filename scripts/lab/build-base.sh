@@ -14,7 +14,10 @@ pcm_require_root
 force=0
 [[ ${1:-} == --force ]] && force=1
 
-if [[ $force -eq 0 && -f $PCM_BASE/.pycopy-lab-ready ]]; then
+base_ready() {
+  [[ -f $PCM_BASE/.pycopy-lab-ready ]] && [[ "$(sed -n 2p "$PCM_BASE/.pycopy-lab-ready")" == "$PCM_BASE_INCLUDE" ]]
+}
+if [[ $force -eq 0 ]] && base_ready; then
   pcm_log "base ready: $PCM_BASE"
   exit 0
 fi
@@ -23,7 +26,7 @@ command -v debootstrap >/dev/null || pcm_die "debootstrap missing (apt-get insta
 mkdir -p "$PCM_CACHE_DIR"
 exec 9>"$PCM_CACHE_DIR/.build.lock"
 flock 9
-if [[ $force -eq 0 && -f $PCM_BASE/.pycopy-lab-ready ]]; then
+if [[ $force -eq 0 ]] && base_ready; then
   exit 0
 fi
 
@@ -33,7 +36,7 @@ rm -rf "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 pcm_log "debootstrap bookworm from the machine's apt mirror into $tmp"
 debootstrap --variant=minbase \
-  --include=systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,iproute2,procps,ca-certificates,curl \
+  --include="$PCM_BASE_INCLUDE" \
   bookworm "$tmp" "$mirror" >"$PCM_CACHE_DIR/debootstrap.log" 2>&1 \
   || { tail -20 "$PCM_CACHE_DIR/debootstrap.log" >&2; pcm_die "debootstrap failed"; }
 
@@ -58,7 +61,7 @@ ln -sf /dev/null "$tmp/etc/systemd/system/systemd-networkd-wait-online.service"
 mkdir -p "$tmp/etc/ssh/sshd_config.d"
 printf 'PermitRootLogin prohibit-password\nUseDNS no\nPasswordAuthentication no\n' \
   >"$tmp/etc/ssh/sshd_config.d/pycopy-lab.conf"
-date -u +%FT%TZ >"$tmp/.pycopy-lab-ready"
+printf '%s\n%s\n' "$(date -u +%FT%TZ)" "$PCM_BASE_INCLUDE" >"$tmp/.pycopy-lab-ready"
 
 rm -rf "$PCM_BASE"
 mv "$tmp" "$PCM_BASE"

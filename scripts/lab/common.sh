@@ -10,6 +10,9 @@ PCM_PREFIX="${PCM_PREFIX:-pcm}"
 # Debootstrap base, cached between runs (outside the repository).
 PCM_CACHE_DIR="${PCM_CACHE_DIR:-/var/cache/pycopy-lab}"
 PCM_BASE="$PCM_CACHE_DIR/bookworm-base"
+# Packages of the base tree (a change rebuilds the cached base). iptables lets
+# the lab run a dropping firewall that host_prep must open.
+PCM_BASE_INCLUDE="systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,iproute2,procps,ca-certificates,iptables"
 # Per-run state: overlay upper/work dirs, roots, PID files, SSH key.
 PCM_STATE_DIR="${PCM_STATE_DIR:-/var/lib/pycopy-lab/$PCM_PREFIX}"
 PCM_LOCK="/run/$PCM_PREFIX-lab.lock"

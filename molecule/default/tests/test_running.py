@@ -116,3 +116,18 @@ def test_tcpcopy_holds_control_connections_to_intercept(lab):
         .stdout
     )
     assert f" {DATA['online']}:" in peers
+
+
+@pytest.mark.parametrize(
+    ("host", "rule"),
+    [
+        ("assistant", f"-s {DATA['online']}/32 -p tcp -m tcp --dport {INTERCEPT_PORT}"),
+        ("target", "-p tcp -m tcp --dport 8080"),
+    ],
+)
+def test_firewall_opens_only_what_is_needed(lab, host, rule):
+    # prepare.yml set a dropping INPUT chain; host_prep opened only pycopy's ports.
+    rules = lab[host].run("iptables -S INPUT").stdout.splitlines()
+    assert "-P INPUT DROP" in rules
+    ours = [r for r in rules if "--comment pycopy" in r]
+    assert ours == [f"-A INPUT {rule} -m comment --comment pycopy -j ACCEPT"]

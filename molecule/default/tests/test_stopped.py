@@ -55,3 +55,10 @@ def test_traffic_no_longer_replayed(lab):
     tag, answers = send_requests(lab["client"], f"http://{DATA['online']}:{ONLINE_PORT}", 10)
     assert all(body is not None and body.startswith("online ") for body in answers.values())
     assert logged_paths(lab["target"], TARGET_LOG, tag, 1, wait=3) == []
+
+
+@pytest.mark.parametrize("host", ["assistant", "target"])
+def test_firewall_openings_closed_site_policy_kept(lab, host):
+    rules = lab[host].run("iptables -S INPUT").stdout.splitlines()
+    assert "-P INPUT DROP" in rules
+    assert not [r for r in rules if "pycopy" in r]
