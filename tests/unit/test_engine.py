@@ -316,3 +316,30 @@ def test_greeting_protocol_waits_for_server_first():
     replay(wire3, cl.captured)
     wire3.advance(1.0)
     assert eng3.stats.c["requests_sent"] == 0 and target3.log == []
+
+
+def test_fast_retransmit_after_three_duplicate_acks():
+    eng, target, wire = make()
+    online = SimServer(ONLINE, 80, seed=5)
+    cl = SimClient(online, CLIENT, 45000, isn=9)
+    cl.connect()
+    cl.request(b"POST 10 " + b"u" * 12000)  # one captured super-packet: 9 segments to the target
+    cl.close()
+    lost = []
+
+    def lose_second_segment(pkt):
+        seg = parse_ipv4_tcp(pkt)
+        if seg.plen and not lost and seg.seq != 10:  # not the first data segment
+            lost.append(seg.seq)
+            return True
+        return False
+
+    wire.drop_to_target = lose_second_segment
+    wire.capture(cl.captured[0])
+    wire.capture(cl.captured[1])
+    wire.capture(cl.captured[2])
+    wire.drop_to_target = None
+    assert lost and eng.stats.c["fast_retransmit"] == 1
+    assert eng.stats.c["retransmit"] == 1
+    replay(wire, cl.captured[3:])
+    assert [l for _p, l in target.log] == [l for _p, l in online.log]
