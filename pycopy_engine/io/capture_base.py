@@ -1,0 +1,75 @@
+"""The interface every capture kind implements, and the kernel counters they share.
+
+Apart from :mod:`pycopy_engine.io.capture` (which re-exports :class:`Capture`)
+so that the ring captures in :mod:`pycopy_engine.io.ring` can subclass it while
+``capture``'s factories import them: no import cycle.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any, Callable
+
+Handle = Callable[[memoryview], Any]
+
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+_STATS = struct.Struct("=II")  # struct tpacket_stats: tp_packets, tp_drops
+
+
+class Capture:
+    """Common interface; see :mod:`pycopy_engine.io.capture`."""
+
+    kind = "base"
+
+    def __init__(self, sock: socket.socket, snaplen: int) -> None:
+        self.sock = sock
+        self.snaplen = snaplen
+        self.truncated = 0  # packets cut below the requested snaplen
+        self._packets = 0  # packets handed to read_batch callers
+        self._kpackets: int | None = None  # the kernel's count, where it keeps one
+        self._drops = 0
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_batch(self, handle: Handle) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def kernel_stats(self) -> dict[str, int]:
+        """Cumulative counters: ``packets`` the kernel accepted for this socket
+        (PACKET_STATISTICS, drops included; packets read where the kernel
+        keeps no count), ``drops`` (ring/buffer full), ``truncated`` (cut
+        below the snaplen), ``read`` (handed to read_batch callers)."""
+        packets = self._packets if self._kpackets is None else self._kpackets
+        return {
+            "packets": packets,
+            "drops": self._drops,
+            "truncated": self.truncated,
+            "read": self._packets,
+        }
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.sock.close()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def update_packet_stats(cap: Capture) -> None:
+    """Add an AF_PACKET socket's PACKET_STATISTICS to ``cap``'s counters."""
+    # PACKET_STATISTICS resets on read; tp_packets already includes tp_drops
+    try:
+        raw = cap.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+    except OSError:
+        return
+    packets, drops = _STATS.unpack(raw)
+    cap._kpackets = (cap._kpackets or 0) + packets
+    cap._drops += drops
