@@ -77,6 +77,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
+    from pycopy_engine.cli.common import tune_gc
+
+    tune_gc()  # as the commands do
     for name, per in (("keep-alive (100 req/conn)", 100), ("short (1 req/conn)", 1)):
         trace, reqs = record_trace(max(1, args.requests // per), per)
         best = min(replay(trace)[0] for _ in range(3))
