@@ -50,6 +50,31 @@ def test_check_mode_on_fresh_hosts_changes_nothing(nspawn_lab):
     assert route.stdout.strip() == ""
 
 
+def test_tcpcopy_refuses_to_start_when_intercept_does_not_answer(nspawn_lab):
+    run(["ansible-playbook", "playbooks/bundle.yml"], timeout=600, check=True)
+    # intercept listens on 36524; tcpcopy is pointed at a port where nothing answers.
+    result = run(
+        [
+            "ansible-playbook",
+            "-i",
+            "inventory/lab",
+            "playbooks/replay.yml",
+            "-e",
+            "tcpcopy_intercept_port=36599",
+            "-e",
+            "tcpcopy_wait_timeout=3",
+        ],
+        timeout=600,
+    )
+    assert result.returncode != 0
+    assert "intercept does not answer on 10.242.1.13 port 36599" in result.stdout, tail(result)
+    assert "tcpcopy was not started" in result.stdout
+    unit = run(SSH + ["root@10.242.0.11", "systemctl is-active pycopy-tcpcopy.service"], timeout=30)
+    assert unit.stdout.strip() != "active"
+    listening = run(SSH + ["root@10.242.0.13", "ss -Htln sport = :36524"], timeout=30)
+    assert ":36524" in listening.stdout  # intercept itself was deployed and listens
+
+
 def test_molecule_default_scenario():
     reason = lab_unavailable()
     if reason:
