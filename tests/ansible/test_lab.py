@@ -75,6 +75,38 @@ def test_tcpcopy_refuses_to_start_when_intercept_does_not_answer(nspawn_lab):
     assert ":36524" in listening.stdout  # intercept itself was deployed and listens
 
 
+def test_fake_client_range_gets_a_network_route_and_replicates(nspawn_lab):
+    # tcpcopy -c 10.242.5.x rewrites the clients; the target routes 10.242.5.0/24
+    # to the assistant (route add -net ... gw ...).
+    run(
+        ["ansible-playbook", "-i", "inventory/lab", "molecule/default/prepare.yml"],
+        timeout=600,
+        check=True,
+    )
+    result = run(
+        [
+            "ansible-playbook",
+            "-i",
+            "inventory/lab",
+            "playbooks/replay.yml",
+            "-e",
+            "tcpcopy_client_range=10.242.5.x",
+            "-e",
+            '{"pycopy_client_addresses": ["10.242.5.0/24"]}',
+        ],
+        timeout=600,
+    )
+    assert result.returncode == 0, tail(result)
+    assert "target received 20 of 20 probe requests" in result.stdout
+    route = run(SSH + ["root@10.242.0.12", "ip -o route show 10.242.5.0/24"], timeout=30)
+    assert "via 10.242.1.13 " in route.stdout
+    log = run(
+        SSH + ["root@10.242.0.12", "grep pycopy-probe /var/log/pycopy-lab/http.log"], timeout=30
+    )
+    sources = {line.split()[3].rsplit(":", 1)[0] for line in log.stdout.splitlines()}
+    assert sources and all(ip.startswith("10.242.5.") for ip in sources), sources
+
+
 def test_molecule_default_scenario():
     reason = lab_unavailable()
     if reason:
