@@ -126,7 +126,7 @@ def test_scraped_counters_match_the_client(lab: tuple[Lab, Path]) -> None:
     assert icpt_final["pycopy_intercept_records_sent_total"] >= 3 * requests
     # the JSON file agrees with the endpoint
     doc = json.loads((work / "tc.json").read_text())
-    assert doc["counters"]["requests_sent"] <= requests
+    assert doc["counters"].get("requests_sent", 0) <= requests  # written every interval
     assert the_lab.stop(tc) == 0
     doc = json.loads((work / "tc.json").read_text())
     assert doc["counters"]["requests_sent"] == requests
