@@ -14,7 +14,7 @@ deps:
 	bash scripts/install-deps.sh
 
 unit: deps
-	$(PY) -m pytest -q tests/unit tests/offline tests/metrics
+	$(PY) -m pytest -q -m "not lab" tests/unit tests/offline tests/metrics
 
 e2e: deps
 	$(PY) -m pytest -q tests/e2e
@@ -25,7 +25,8 @@ lint: deps
 molecule: deps
 	$(PY) -m pytest -q -m molecule tests/ansible
 
-bench: deps
+bench:
+	PYCOPY_EXTRA_APT=nginx-light bash scripts/install-deps.sh
 	$(PY) bench/run.py
 
 wheel:

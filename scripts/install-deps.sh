@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(iproute2 iptables tcpdump wrk libpcap0.8 systemd-container debootstrap
-          openssh-client procps psmisc python3-venv)
+APT_PKGS=(iproute2 iptables nftables tcpdump wrk libpcap0.8 systemd-container debootstrap
+          openssh-client procps psmisc util-linux python3-venv ${PYCOPY_EXTRA_APT:-})
+# the offline bundle build resolves Debian packages: it needs apt's package lists
+[[ -n $(ls /var/lib/apt/lists/*_Packages* 2>/dev/null) ]] || apt-get update -qq
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
