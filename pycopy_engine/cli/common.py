@@ -193,3 +193,17 @@ def read_secret(path: Optional[str]) -> Optional[bytes]:
     if len(secret) < 16:
         die("option --secret-file: %s holds %d bytes; use at least 16" % (path, len(secret)), 2)
     return secret
+
+
+def add_common_options(add: Callable[..., object], host_role: str) -> None:
+    """Options both commands share: statistics outputs, the secret, doctor, help."""
+    add("--stats-interval", type=opt_type("--stats-interval", float, "bad interval"), default=30.0,
+        help="seconds between statistics lines (30)")
+    add("--stats-json", metavar="FILE",
+        help="rewrite this JSON file with all counters every interval")
+    add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on this address")
+    add("--secret-file", metavar="FILE",
+        help="shared secret (at least 16 bytes) for pycopy-to-pycopy control links")
+    add("--doctor", action="store_true",
+        help="check this %s host's set-up and exit" % host_role)
+    add("-h", "--help", action="help", help="show this help and exit")

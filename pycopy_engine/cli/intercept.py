@@ -11,7 +11,16 @@ from typing import List, Optional, Sequence
 from ..core.stats import Stats
 from ..errors import PycopyError
 from ..wire.control import DEFAULT_PORT
-from .common import Parser, die, int_range, ipv4, opt_type, setup_logging, version_line
+from .common import (
+    Parser,
+    add_common_options,
+    die,
+    int_range,
+    ipv4,
+    opt_type,
+    setup_logging,
+    version_line,
+)
 
 EXAMPLE = """example:
   intercept -i eth0 -F 'tcp and src port 8080'      responses of a target listening on 8080
@@ -70,14 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
       default=1 << 20, help="route table bound (1048576)")
     a("--peer-buffer", type=opt_type("--peer-buffer", int_range(16), "bad size"), default=8192,
       help="KB queued for one slow tcpcopy before its records are dropped (8192)")
-    a("--stats-interval", type=opt_type("--stats-interval", float, "bad interval"), default=30.0,
-      help="seconds between statistics lines (30)")
-    a("--stats-json", metavar="FILE", help="rewrite this JSON file with all counters every interval")
-    a("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on this address")
-    a("--secret-file", metavar="FILE",
-      help="shared secret (at least 16 bytes) for pycopy-to-pycopy control links")
-    a("--doctor", action="store_true", help="check this assistant host's set-up and exit")
-    a("-h", "--help", action="help", help="show this help and exit")
+    add_common_options(a, "assistant")
     a("-v", "--version", action="version", version=version_line("intercept"))
     return p
 

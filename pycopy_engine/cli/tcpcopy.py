@@ -17,6 +17,7 @@ from ..errors import ConfigError, PycopyError
 from ..wire.control import DEFAULT_PORT
 from .common import (
     Parser,
+    add_common_options,
     die,
     int_range,
     ipv4,
@@ -122,15 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("-d", dest="daemon", action="store_true", help="run as a daemon")
     a("--uncombined", action="store_true",
       help="intercept sends records one by one (C --disable-combined builds)")
-    a("--stats-interval", type=opt_type("--stats-interval", float, "bad interval"), default=30.0,
-      help="seconds between statistics lines (30)")
-    a("--stats-json", metavar="FILE", help="rewrite this JSON file with all counters every interval")
-    a("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on this address")
-    a("--secret-file", metavar="FILE",
-      help="shared secret (at least 16 bytes) for pycopy-to-pycopy control links")
-    a("--doctor", action="store_true", help="check this online host's set-up and exit")
+    add_common_options(a, "online")
     a("--seed", type=int, default=None, help=argparse.SUPPRESS)
-    a("-h", "--help", action="help", help="show this help and exit")
     a("-v", "--version", action="version", version=version_line("tcpcopy"))
     return p
 
