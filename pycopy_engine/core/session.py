@@ -466,8 +466,11 @@ class Session:
         self.rto_at = None
         self.rto = max(RTO_MIN, 4 * self.rtt)
         self.retries = 0
-        self.send_ack()
         self.pump(now)
+        if not self.ended and self.ack_sent != self.rcv_nxt:
+            # nothing queued could go: complete the handshake with a bare ACK
+            # (otherwise the first data segment carried the ACK: one packet less)
+            self.send_ack()
 
     def _expect_greeting(self) -> None:
         """Server-speaks-first protocols: the first request waits for as much
