@@ -57,6 +57,7 @@ class InterceptApp:
         self.secret = read_secret(args.secret_file)
         self.nonces: "OrderedDict[bytes, float]" = OrderedDict()
         self.exit_status = 0
+        self.expire_ticks = 0
         stats.add_gauge("tcpcopy_links", lambda: len(self.peers))
         stats.add_gauge("capture_kernel_drops", lambda: self.capture.kernel_stats().get("drops", 0))
         self.out = StatsOutput(self.loop, "intercept", stats, log, self._stat_lines, args)
@@ -212,8 +213,8 @@ class InterceptApp:
 
     def _expire(self) -> None:
         now = self.loop.time()
-        self._expire_n = getattr(self, "_expire_n", 0) + 1
-        self.router.expire(now, routes=self._expire_n % 60 == 0)
+        self.expire_ticks += 1  # idle routes need a full scan: once a minute
+        self.router.expire(now, routes=self.expire_ticks % 60 == 0)
         self.loop.call_later(1.0, self._expire)
 
     def _stop(self, signum: int) -> None:

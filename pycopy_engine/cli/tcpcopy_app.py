@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from typing import Any, List, Optional, Tuple
@@ -118,7 +117,7 @@ class TcpCopyApp:
     def _flush(self) -> None:
         ctl, tx = self.engine.take_output()
         if ctl:
-            self.links.broadcast_many(ctl)
+            self.links.broadcast(ctl)
         if tx:
             send = self.sender.send
             for pkt, dst in tx:
@@ -276,8 +275,6 @@ class TcpCopyApp:
         self.log.log(25, "%s", line)
         if stopped:
             self.log.warning("capture file ended early: %s", stopped[0])
-        if not self.args.log and os.isatty(2):
-            pass
 
     def _stat_lines(self) -> List[str]:
         if not self.first_packet:

@@ -20,9 +20,9 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import WireError
 from ..wire.control import encode_client_add, parse_record
-from ..wire.tcpip import ACK, FIN, RST, SYN, parse_ipv4_tcp
+from ..wire.tcpip import ACK, SYN, parse_ipv4_tcp
 from .mapping import AddressMapper, Key, Sampler, TargetMap, find_map
-from .session import CLOSED, ESTABLISHED, SYN_SENT, Session
+from .session import ESTABLISHED, SYN_SENT, Session
 from .stats import Stats
 
 SESSION_OVERHEAD = 3000  # bytes a session costs beyond its buffered payload (measured, rounded up)
@@ -280,12 +280,3 @@ class Engine:
                 n += 1
             s.end(now, "shutdown")
         return n
-
-    def state_counts(self) -> Dict[str, int]:
-        out: Dict[str, int] = {}
-        for s in self.sessions.values():
-            out[str(s.state)] = out.get(str(s.state), 0) + 1
-        return out
-
-
-__all__ = ["Engine", "EngineConfig", "CLOSED", "FIN", "RST"]

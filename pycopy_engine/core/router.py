@@ -139,5 +139,3 @@ class Combiner:
         self.pending = []
         return frame
 
-
-__all__: List[str] = ["Router", "Combiner", "Key"]

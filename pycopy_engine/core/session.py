@@ -161,17 +161,11 @@ class Session:
         self.snd_una = self.isn
         e.client_add(self)
         if self.syn_seg is not None and not self.fake:
-            s = self.syn_seg
-            o = self._opts(s)
+            o = self._opts(self.syn_seg)
             self.offer_ws, self.offer_ts = o.wscale is not None, o.ts_val is not None
-            pkt = build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, self.isn, 0, SYN,
-                                 s.win, s.opts, b"", s.ip_id, s.ttl, s.tos)
         else:
-            ts = (self.ts_last, 0) if self.ts_last else None
-            self.offer_ws, self.offer_ts = True, ts is not None
-            opts = syn_options(e.cfg.mss, FAKE_WSCALE, False, ts)
-            pkt = build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, self.isn, 0, SYN,
-                                 FAKE_WIN, opts, b"", self._next_id())
+            self.offer_ws, self.offer_ts = True, bool(self.ts_last)
+        pkt = self._syn_packet()
         e.emit(pkt, self.tip)
         e.stats.c["send_syn"] += 1
         # one SYN retransmission before the establishment deadline
@@ -507,19 +501,20 @@ class Session:
                 self.resp_quiet = True
                 self.pump(now)
 
+    def _syn_packet(self) -> bytes:
+        """The captured SYN (addresses rewritten), or a fabricated one."""
+        s = self.syn_seg
+        if s is not None and not self.fake:
+            return build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, self.isn, 0, SYN,
+                                  s.win, s.opts, b"", s.ip_id, s.ttl, s.tos)
+        ts = (self.ts_last, 0) if self.ts_last else None
+        return build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, self.isn, 0, SYN,
+                              FAKE_WIN, syn_options(self.e.cfg.mss, FAKE_WSCALE, False, ts), b"",
+                              self._next_id())
+
     def _resend_syn(self, now: float) -> None:
-        e = self.e
-        e.stats.c["syn_retransmit"] += 1
-        if self.syn_seg is not None and not self.fake:
-            s = self.syn_seg
-            pkt = build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, self.isn, 0, SYN,
-                                 s.win, s.opts, b"", s.ip_id, s.ttl, s.tos)
-        else:
-            ts = (self.ts_last, 0) if self.ts_last else None
-            pkt = build_ipv4_tcp(self.cip, self.tip, self.cport, self.tport, self.isn, 0, SYN,
-                                 FAKE_WIN, syn_options(e.cfg.mss, FAKE_WSCALE, False, ts), b"",
-                                 self._next_id())
-        e.emit(pkt, self.tip)
+        self.e.stats.c["syn_retransmit"] += 1
+        self.e.emit(self._syn_packet(), self.tip)
 
     def _retransmit(self, now: float) -> None:
         """Resend the segment at snd_una (the one spanning it)."""

@@ -156,29 +156,9 @@ class InterceptLinks:
         elif self.live_count() == 0 and self.on_all_lost is not None:
             self.on_all_lost()
 
-    def broadcast(self, msg: bytes) -> int:
-        """Send one message to every intercept; returns how many took it."""
-        n = 0
-        for srv in self.servers:
-            peers = srv.peers
-            k = len(peers)
-            for _ in range(k):
-                srv.rr = (srv.rr + 1) % k
-                p = peers[srv.rr]
-                if p is not None and not p.closed:
-                    if p.write(msg):
-                        n += 1
-                    break
-            else:
-                self.stats.c["drop:client_add_no_link"] += 1
-        return n
-
-    def broadcast_many(self, msgs: List[bytes]) -> None:
-        """Send each message to every intercept (round-robin over its links),
-        one write per link for the whole batch."""
-        if len(msgs) == 1:
-            self.broadcast(msgs[0])
-            return
+    def broadcast(self, msgs: List[bytes]) -> None:
+        """Send each message to every intercept, round-robin over that intercept's
+        live links, with one write per link for the whole batch."""
         for srv in self.servers:
             peers = srv.peers
             k = len(peers)
@@ -195,7 +175,7 @@ class InterceptLinks:
             for i, chunk in parts.items():
                 p = peers[i]
                 if p is not None:
-                    p.write(b"".join(chunk))
+                    p.write(chunk[0] if len(chunk) == 1 else b"".join(chunk))
 
     def live_count(self) -> int:
         return sum(1 for s in self.servers for p in s.peers if p is not None and not p.closed)
