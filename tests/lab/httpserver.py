@@ -7,7 +7,16 @@
 * request bodies by Content-Length (100 KB uploads and more);
 * ``GET /bytes/N`` returns N deterministic bytes (:func:`pattern`);
 * ``POST``/``PUT`` answer ``{"server", "len", "sha256"}`` of the body;
+* ``GET /dyn/...`` a page of a random length (dynamic content: online and
+  target answer it with different sizes);
 * any other ``GET``/``HEAD`` (``/`` too) a small page marked with the name.
+
+``--conn-log FILE`` adds one JSON line per connection when it ends: its
+requests (method, path, status, body length, time), how it ended (``fin``: the
+peer closed; ``rst``: reset by the peer; ``timeout``: idle longer than
+``--idle-timeout``; ``server_close``: the server closed after
+``Connection: close``; ``shutdown``: still open when the server stopped) and
+the bytes of an unfinished request it held (``partial``, ``partial_head``).
 
 Every response carries ``X-Server: <name>``.  One JSON line per request goes
 to the log (method, path, body length, body sha256, client ip and port,
@@ -20,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import selectors
 import signal
 import socket
@@ -43,7 +53,8 @@ def pattern(n: int) -> bytes:
 
 
 class _Conn:
-    __slots__ = ("sock", "ip", "port", "inbuf", "out", "close_after", "closed")
+    __slots__ = ("sock", "ip", "port", "inbuf", "out", "close_after", "closed", "reqs", "opened",
+                 "last_io")
 
     def __init__(self, sock: socket.socket, addr: tuple[str, int]) -> None:
         self.sock = sock
@@ -52,11 +63,18 @@ class _Conn:
         self.out: list[memoryview] = []
         self.close_after = False
         self.closed = False
+        self.reqs: list[dict[str, Any]] = []
+        self.opened = self.last_io = time.time()
 
 
 class Server:
-    def __init__(self, port: int, name: str, log_path: str | None, bind: str = "0.0.0.0") -> None:
+    def __init__(self, port: int, name: str, log_path: str | None, bind: str = "0.0.0.0",
+                 conn_log: str | None = None, idle_timeout: float = 0.0) -> None:
         self.name = name
+        self.conn_log = open(conn_log, "a", buffering=1 << 16) if conn_log else None
+        self.idle_timeout = idle_timeout
+        self.conns: set[_Conn] = set()
+        self.rng = random.Random()
         self.sel = selectors.DefaultSelector()
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -75,6 +93,8 @@ class Server:
             self.log.write("".join(self.pending_log))
             self.log.flush()
         self.pending_log.clear()
+        if self.conn_log is not None:
+            self.conn_log.flush()
 
     # -- connections ---------------------------------------------------------
     def _accept(self) -> None:
@@ -86,12 +106,20 @@ class Server:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Conn(sock, addr)
+            self.conns.add(conn)
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: _Conn, how: str = "fin") -> None:
         if conn.closed:
             return
         conn.closed = True
+        self.conns.discard(conn)
+        if self.conn_log is not None:
+            rec = {"event": "conn", "client_ip": conn.ip, "client_port": conn.port,
+                   "server": self.name, "how": how, "requests": conn.reqs,
+                   "partial": len(conn.inbuf), "partial_head": bytes(conn.inbuf[:64]).decode("latin-1"),
+                   "opened": round(conn.opened, 6), "ended": round(time.time(), 6)}
+            self.conn_log.write(json.dumps(rec, separators=(",", ":")) + "\n")
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -104,11 +132,12 @@ class Server:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._close(conn)
+            self._close(conn, "rst")
             return
         if not data:
-            self._close(conn)
+            self._close(conn, "fin")
             return
+        conn.last_io = time.time()
         conn.inbuf += data
         self._parse(conn)
         self._flush(conn)
@@ -119,13 +148,13 @@ class Server:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_HEADER:
-                    self._close(conn)
+                    self._close(conn, "bad_request")
                 return
             head = bytes(buf[:end]).decode("latin-1")
             lines = head.split("\r\n")
             parts = lines[0].split(" ")
             if len(parts) != 3:
-                self._close(conn)
+                self._close(conn, "bad_request")
                 return
             method, target, version = parts
             headers = {}
@@ -135,10 +164,10 @@ class Server:
             try:
                 clen = int(headers.get("content-length", "0"))
             except ValueError:
-                self._close(conn)
+                self._close(conn, "bad_request")
                 return
             if clen < 0 or clen > MAX_BODY:
-                self._close(conn)
+                self._close(conn, "bad_request")
                 return
             total = end + 4 + clen
             if len(buf) < total:
@@ -169,6 +198,7 @@ class Server:
         }
         self.pending_log.append(json.dumps(rec, separators=(",", ":")) + "\n")
         path = target.split("?", 1)[0]
+        status = 200
         ctype = "text/html"
         if method in ("POST", "PUT"):
             payload = json.dumps({"server": self.name, "len": len(body), "sha256": sha}).encode()
@@ -180,15 +210,20 @@ class Server:
                 n = -1
             if n < 0 or n > MAX_BODY:
                 payload = b"bad size\n"
+                status = 400
             else:
                 payload = pattern(n)
                 ctype = "application/octet-stream"
+        elif path.startswith("/dyn/"):
+            payload = b"d" * self.rng.randrange(100, 4000)
         else:
             payload = (
                 f"<html><body><h1>server {self.name}</h1><p>{method} {target}</p></body></html>\n"
             ).encode()
+        conn.reqs.append({"method": method, "path": target, "status": status,
+                          "body_len": len(body), "time": rec["time"]})
         head = (
-            f"HTTP/1.1 200 OK\r\nServer: pycopy-lab\r\nX-Server: {self.name}\r\n"
+            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Bad Request'}\r\nServer: pycopy-lab\r\nX-Server: {self.name}\r\n"
             f"Content-Type: {ctype}\r\nContent-Length: {len(payload)}\r\n"
             f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n"
         ).encode()
@@ -210,8 +245,9 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                self._close(conn)
+                self._close(conn, "rst")
                 return
+            conn.last_io = time.time()
             if sent < len(out[0]):
                 out[0] = out[0][sent:]
                 break
@@ -224,7 +260,7 @@ class Server:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            self._close(conn)
+            self._close(conn, "server_close")
             return
         self.sel.modify(conn.sock, selectors.EVENT_READ, conn)
 
@@ -243,8 +279,14 @@ class Server:
                     self._flush(conn)
             now = time.monotonic()
             if now >= next_flush:
+                if self.idle_timeout:
+                    old = time.time() - self.idle_timeout
+                    for conn in [c for c in self.conns if c.last_io < old]:
+                        self._close(conn, "timeout")
                 self.flush_log()
                 next_flush = now + 0.1
+        for conn in list(self.conns):
+            self._close(conn, "shutdown")
         self.flush_log()
 
     def close(self) -> None:
@@ -254,6 +296,8 @@ class Server:
         self.sel.close()
         if self.log is not None:
             self.log.close()
+        if self.conn_log is not None:
+            self.conn_log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--log", help="JSON-lines request log")
     ap.add_argument("--ready", help="file created once listening")
+    ap.add_argument("--conn-log", help="JSON-lines log of each connection's ending")
+    ap.add_argument("--idle-timeout", type=float, default=0.0,
+                    help="close connections idle this many seconds (0: never)")
     args = ap.parse_args(argv)
-    server = Server(args.port, args.name, args.log, args.bind)
+    server = Server(args.port, args.name, args.log, args.bind, args.conn_log, args.idle_timeout)
 
     def on_signal(signum: int, frame: Any) -> None:
         server.stopping = True

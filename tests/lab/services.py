@@ -16,7 +16,8 @@ class HttpServerProc:
     """One ``tests.lab.httpserver`` in a lab host; read its log with records()."""
 
     def __init__(
-        self, lab: Lab, host: str, workdir: Path, port: int = 80, name: str | None = None
+        self, lab: Lab, host: str, workdir: Path, port: int = 80, name: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.lab = lab
         self.host = host
@@ -41,6 +42,7 @@ class HttpServerProc:
             str(self.log_path),
             "--ready",
             str(ready),
+            *extra,
             stdout=subprocess.DEVNULL,
             stderr=self._err,
         )
