@@ -17,7 +17,6 @@ from ..io.capture import open_packet_capture, open_raw_ip_capture
 from ..io.links import InterceptLinks, LinkError
 from ..io.loop import Loop
 from ..io.rawsend import RawSender
-from ..wire.control import encode_client_add
 from .common import (
     install_stop_signals,
     read_secret,
@@ -150,21 +149,20 @@ class TcpCopyApp:
         eng = self.engine
         rp = self.replay
         for rnd, _ts, pkt in rp.due(now, 4096):
-            eng.port_salt = (rnd - 1) * ROUND_PORT_STRIDE
-            eng.flow_tag = rnd
+            eng.begin_round(rnd, (rnd - 1) * ROUND_PORT_STRIDE)
             eng.on_capture(pkt, now)
             self.first_packet = True
         if rp.done and self._tail_deadline is None:
             self._tail_deadline = now + OFFLINE_TAIL
             self.log.log(25, "end of capture file: waiting up to %gs for %d session(s)",
-                         OFFLINE_TAIL, len(eng.sessions))
+                         OFFLINE_TAIL, eng.active_sessions)
             self._check_tail()
 
     _tail_deadline: Optional[float] = None
     _progress_last: Tuple[float, int] = (0.0, 0)
 
     def _check_tail(self) -> None:
-        if not self.engine.sessions or self.loop.time() >= self._tail_deadline:  # type: ignore[operator]
+        if not self.engine.active_sessions or self.loop.time() >= self._tail_deadline:  # type: ignore[operator]
             self.loop.stop()
             return
         self.loop.call_later(0.05, self._check_tail)
@@ -173,7 +171,7 @@ class TcpCopyApp:
         pos = self.replay.position()
         off = pos.file_offset_s
         return "round %d/%d, packet %d, file +%.1fs, sessions %d, requests %d" % (
-            pos.round, pos.rounds, pos.index, off, len(self.engine.sessions),
+            pos.round, pos.rounds, pos.index, off, self.engine.active_sessions,
             self.stats.c["requests_sent"])
 
     def _progress(self) -> None:
@@ -185,7 +183,7 @@ class TcpCopyApp:
         self._progress_last = (now, reqs)
         sys.stderr.write("\r\x1b[K[replay] %s, %.0f requests/s" % (self._progress_text(), rate))
         sys.stderr.flush()
-        if not self.replay.done or self.engine.sessions:
+        if not self.replay.done or self.engine.active_sessions:
             self.loop.call_later(0.5, self._progress)
         else:
             sys.stderr.write("\n")
@@ -193,8 +191,8 @@ class TcpCopyApp:
     def _reregister(self, peer) -> None:
         """A link came back (-L): tell intercept about every live session again."""
         n = 0
-        for s in self.engine.sessions.values():
-            peer.write(encode_client_add(s.cip, s.cport, s.tip, s.tport))
+        for msg in self.engine.registrations():
+            peer.write(msg)
             n += 1
         self.log.warning("link to intercept %s restored; %d live session(s) re-registered",
                          peer.name, n)
@@ -284,8 +282,8 @@ class TcpCopyApp:
         head = ["offline: " + self._progress_text()] if self.replay is not None else []
         return head + [
             "active:%d,rel:%d,obs del:%d,tw:%d" % (
-                len(e.sessions), c["sessions_closed"],
-                sum(self.stats.by_reason("sessions_failed").values()), len(e.time_wait)),
+                e.active_sessions, c["sessions_closed"],
+                sum(self.stats.by_reason("sessions_failed").values()), e.time_wait_count),
             "conns:%d,resp:%d,c-resp:%d" % (c["conns"], c["resp"], c["resp_content"]),
             "resp fin:%d,resp rst:%d" % (c["resp_fin"], c["resp_rst"]),
             "send:%d,send content:%d" % (c["send_packets"], c["send_content"]),

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..errors import WireError
 from ..wire.control import encode_client_add, parse_record
 from ..wire.tcpip import ACK, SYN, parse_ipv4_tcp
 from .mapping import AddressMapper, Key, Sampler, TargetMap, find_map
-from .session import ESTABLISHED, SYN_SENT, Session
+from .session import Session
 from .stats import Stats
+
+log = logging.getLogger(__name__)
 
 SESSION_OVERHEAD = 3000  # bytes a session costs beyond its buffered payload (measured, rounded up)
 TIME_WAIT = 6.0
@@ -58,6 +61,7 @@ class Engine:
     def __init__(self, cfg: EngineConfig, stats: Optional[Stats] = None) -> None:
         self.cfg = cfg
         self.stats = stats or Stats()
+        self.counters = self.stats.c  # what sessions count into (SessionHost)
         self.rng = random.Random(cfg.seed)
         self.mapper = AddressMapper(cfg.clt_ips, cfg.localhost_ip, cfg.port_shift, self.rng)
         self.sampler = Sampler(cfg.sample_percent, cfg.gradual)
@@ -73,6 +77,7 @@ class Engine:
         self._tick = itertools.count()
         self._acks: Set[Session] = set()
         self._next_sweep = 0.0
+        self._error_types: Set[str] = set()  # internal errors already logged
         self.target_ips = {m.target_ip for m in cfg.maps}
         self.stats.add_gauge("sessions_active", lambda: len(self.sessions))
         self.stats.add_gauge("buffered_bytes", lambda: self.buffered)
@@ -96,8 +101,10 @@ class Engine:
             for s in self._acks:
                 # one ACK per session per batch, and none if a packet we sent
                 # since already carried this acknowledgement
-                if not s.ended and s.state == ESTABLISHED and s.ack_sent != s.rcv_nxt:
-                    s.send_ack()
+                try:
+                    s.flush_ack()
+                except Exception as exc:
+                    self._contain(s, exc, s.last_resp)  # no clock here: its last activity
             self._acks.clear()
         ctl, tx = self.ctl_out, self.tx
         self.ctl_out, self.tx = [], []
@@ -128,15 +135,17 @@ class Engine:
             if sessions:
                 if sessions[0].isn == seg.seq:
                     c["drop:syn_retransmit"] += 1
+                    for s in sessions:
+                        s.note_syn_retransmit()
                     return
                 for s in list(sessions):  # the client reused the port: a new connection
-                    s.end(now, "port_reuse")
+                    self._guard(s, now, s.end, now, "port_reuse")
                 sessions = None
             if not self.sampler.keep(seg.src, seg.sport, now):
                 c["drop:sampled_out"] += 1
                 return
             for s in self._open(flow, seg, m, now):
-                s.start_with_syn(seg, now)
+                self._guard(s, now, s.start_with_syn, seg, now)
             return
         if seg.plen:
             c["clt_content"] += 1
@@ -151,11 +160,15 @@ class Engine:
                 c["drop:sampled_out"] += 1
                 return
             for s in self._open(flow, seg, m, now):
-                s.start_fake(seg, now)
-                s.on_client(seg, now)
+                self._guard(s, now, s.start_fake, seg, now)
+                if not s.ended:
+                    self._guard(s, now, s.on_client, seg, now)
             return
         for s in sessions:
-            s.on_client(seg, now)
+            try:
+                s.on_client(seg, now)
+            except Exception as exc:
+                self._contain(s, exc, now)
 
     def _open(self, flow: tuple, seg, m: TargetMap, now: float) -> List[Session]:
         c = self.stats.c
@@ -197,7 +210,38 @@ class Engine:
             else:
                 c["drop:resp_no_session"] += 1
             return
-        s.on_response(seg, now)
+        try:
+            s.on_response(seg, now)
+        except Exception as exc:
+            self._contain(s, exc, now)
+
+    # ------------------------------------------------------------ containment
+
+    def _guard(self, s: Session, now: float, fn: Callable[..., None], *args: object) -> None:
+        """Call one session's handler; an exception ends that session only."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._contain(s, exc, now)
+
+    def _contain(self, s: Session, exc: Exception, now: float) -> None:
+        """An unexpected exception in one session: RST its target side, count
+        it as ``internal_error``, log the exception's type once; the engine and
+        every other session carry on."""
+        c = self.counters
+        c["sessions_failed:internal_error"] += 1
+        c["internal_error:" + type(exc).__name__] += 1
+        name = type(exc).__name__
+        if name not in self._error_types:
+            self._error_types.add(name)
+            log.error("internal error in session %s: %s: %s (session reset; logged once per type)",
+                      _key_text(s.key), name, exc, exc_info=exc)
+        try:
+            s.abort(now, "internal_error")
+        except Exception:
+            c["internal_error:abort_failed"] += 1
+            s.ended = True
+            self.forget(s, now)
 
     # ------------------------------------------------------------ time
 
@@ -220,7 +264,10 @@ class Engine:
             if s.ended or s.sched != d:
                 continue
             s.sched = None
-            s.on_timer(now)
+            try:
+                s.on_timer(now)
+            except Exception as exc:
+                self._contain(s, exc, now)
             if not s.ended:
                 self.schedule(s)
         if now >= self._next_sweep:
@@ -229,17 +276,11 @@ class Engine:
 
     def sweep(self, now: float) -> None:
         """Establishment deadline, -t and -k timeouts, time-wait expiry."""
-        cfg = self.cfg
         for s in list(self.sessions.values()):
-            if s.state != ESTABLISHED:
-                if now >= s.est_deadline:
-                    s.end(now, "handshake_timeout")
-                continue
-            quiet = now - s.last_resp
-            if quiet >= cfg.session_timeout and (s.queue or s.sent):
-                s.end(now, "idle_timeout")
-            elif now - max(s.last_resp, s.last_clt) >= cfg.keepalive_timeout:
-                s.end(now, "keepalive_timeout")
+            try:
+                s.check_timeouts(now)
+            except Exception as exc:
+                self._contain(s, exc, now)
         tw = self.time_wait
         while tw:
             key, until = next(iter(tw.items()))
@@ -256,7 +297,7 @@ class Engine:
         while self.sessions and self.memory_estimate() > limit:
             oldest = next(iter(self.sessions.values()))
             self.stats.c["evicted:memory_limit"] += 1
-            oldest.end(now, "memory_limit")
+            self._guard(oldest, now, oldest.end, now, "memory_limit")
 
     # ------------------------------------------------------------ ending
 
@@ -276,7 +317,33 @@ class Engine:
         """RST the target side of every live session; returns how many."""
         n = 0
         for s in list(self.sessions.values()):
-            if s.state in (SYN_SENT, ESTABLISHED):
+            if s.target_side_open:
                 n += 1
-            s.end(now, "shutdown")
+            self._guard(s, now, s.end, now, "shutdown")
         return n
+
+    # ------------------------------------------------------------ for the CLI
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self.sessions)
+
+    @property
+    def time_wait_count(self) -> int:
+        return len(self.time_wait)
+
+    def registrations(self) -> Iterator[bytes]:
+        """A CLIENT_ADD for every live session (a link to intercept came back)."""
+        for s in self.sessions.values():
+            yield encode_client_add(s.cip, s.cport, s.tip, s.tport)
+
+    def begin_round(self, rnd: int, port_salt: int) -> None:
+        """Offline replay: packets that follow belong to round ``rnd`` (a new
+        flow for every session), copies get client ports shifted by ``port_salt``."""
+        self.flow_tag = rnd
+        self.port_salt = port_salt
+
+
+def _key_text(key: Key) -> str:
+    cip, cport, tip, tport = key
+    return "%s:%d->%s:%d" % (".".join(map(str, cip)), cport, ".".join(map(str, tip)), tport)

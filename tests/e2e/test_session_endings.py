@@ -189,7 +189,7 @@ def test_keepalive_sessions_whose_first_syn_was_dropped(env):
         table = lab.run("online", ["iptables", "-L", "INPUT", "-v", "-n", "-x"]).stdout
     finally:
         lab.run("online", ["iptables", "-D", *rule], check=False)
-    dropped = int(next(x for x in table.splitlines() if "pslate" in x).split()[0])
+    dropped = int(next(x for x in table.splitlines() if f"spts:{LATE_BASE_PORT}:" in x).split()[0])
     late = [c for c in r["client"]["connections"] if c["connect_s"] >= 0.9]
     _record(env["work"], "keepalive_dyn_syn", {"dropped_syns": dropped, "late_connects": len(late)})
     assert dropped >= COUNT // 2 and len(late) >= COUNT // 2, (dropped, len(late))

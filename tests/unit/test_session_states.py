@@ -1,0 +1,254 @@
+"""The session's state machine, containment of internal errors, Karn's rule
+and the bound on the inter-request wait (issue 11), against the in-memory target."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+
+import pytest
+
+from pycopy_engine.core import session_state
+from pycopy_engine.core.session import Session
+from pycopy_engine.core.session_state import (
+    ALLOWED,
+    CLOSED,
+    ESTABLISHED,
+    NEW,
+    SYN_SENT,
+    TRANSITION_KEY,
+    TransitionError,
+)
+from pycopy_engine.wire.tcpip import parse_ipv4_tcp
+
+from .simtcp import SimClient, SimServer
+from .test_engine import CLIENT, ONLINE, conversation, make, replay
+
+CORE = Path(__file__).resolve().parents[2] / "pycopy_engine" / "core"
+
+
+def transitions(eng) -> set:
+    return {k for k in eng.stats.c if k.startswith("state:")}
+
+
+def scenarios():
+    """Engines after the situations that move sessions through every state."""
+    out = []
+    eng, target, wire = make()  # plain keep-alive session, closed by the client
+    replay(wire, conversation(3)[0].captured)
+    out.append(eng)
+    eng, target, wire = make(target_kw={"close_after": 1})  # target closes: rebuilds
+    replay(wire, conversation(3, close=False)[0].captured)
+    wire.advance(0.5)
+    out.append(eng)
+    eng, target, wire = make()  # mid-stream: fabricated handshake, then shutdown
+    replay(wire, conversation(3, close=False)[0].captured[3:])
+    eng.shutdown(wire.now)
+    out.append(eng)
+    eng, target, wire = make(mem_limit=1)  # evicted before its SYN went out
+    wire.capture(conversation(1)[0].captured[0])
+    out.append(eng)
+    eng, target, wire = make()  # the target never answers: handshake timeout
+    wire.drop_to_target = lambda pkt: True
+    replay(wire, conversation(1)[0].captured)
+    wire.advance(5.0)
+    out.append(eng)
+    return out
+
+
+def test_every_transition_the_engine_makes_is_in_the_table():
+    made = set()
+    for eng in scenarios():
+        made |= transitions(eng)
+        assert eng.stats.c["state_error"] == 0
+    allowed = set(TRANSITION_KEY.values())
+    assert made <= allowed, made - allowed
+    # the scenarios really cover the machine: every state entered, rebuilds included
+    for key in ("state:NEW->SYN_SENT", "state:SYN_SENT->ESTABLISHED", "state:ESTABLISHED->CLOSED",
+                "state:ESTABLISHED->REBUILD_WAIT", "state:REBUILD_WAIT->SYN_SENT",
+                "state:NEW->CLOSED", "state:SYN_SENT->CLOSED"):
+        assert key in made, key
+
+
+def test_a_forbidden_transition_raises_and_is_counted():
+    eng, target, wire = make()
+    s = Session(eng, ("f",), 0, (CLIENT, 1, ONLINE, 2), 0.0)
+    with pytest.raises(TransitionError, match="NEW -> ESTABLISHED"):
+        s._set_state(ESTABLISHED)
+    assert s.state is NEW and eng.stats.c["state_error"] == 1
+    s._set_state(SYN_SENT)
+    s._set_state(CLOSED)
+    for new in ALLOWED:
+        with pytest.raises(TransitionError):
+            s._set_state(new)  # CLOSED is terminal
+    assert eng.stats.c["state_error"] == len(ALLOWED) + 1
+
+
+def test_a_transition_missing_from_the_table_ends_the_session_as_internal_error(monkeypatch):
+    monkeypatch.setitem(session_state.ALLOWED, SYN_SENT, frozenset({CLOSED}))
+    eng, target, wire = make()
+    replay(wire, conversation(2)[0].captured)
+    c = eng.stats.c
+    assert c["state_error"] >= 1
+    assert c["state_error"] == c["sessions_failed:internal_error"] == c["internal_error:TransitionError"]
+    assert "state:SYN_SENT->ESTABLISHED" not in c and target.rst_rcvd >= 1
+
+
+def test_state_changes_only_in_set_state():
+    """One place where transitions happen: no other code assigns ``.state``."""
+    bad = []
+    for path in CORE.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            for node in ast.walk(fn):
+                targets = node.targets if isinstance(node, ast.Assign) else (
+                    [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+                for t in targets:
+                    if isinstance(t, ast.Attribute) and t.attr == "state":
+                        if (path.name, fn.name) not in {("session.py", "_set_state"),
+                                                        ("session_base.py", "__init__")}:
+                            bad.append(f"{path.name}:{node.lineno} in {fn.name}")
+    assert not bad, bad
+
+
+# ---------------------------------------------------------------- containment
+
+
+def test_exception_in_one_session_resets_it_and_the_others_carry_on(monkeypatch, caplog):
+    eng, target, wire = make()
+    orig = Session.pump
+    doomed = {40001, 40002}
+
+    def pump(self, now):
+        if self.cport in doomed and self.requests >= 1:
+            doomed.discard(self.cport)  # once per connection
+            raise ValueError("boom")
+        orig(self, now)
+
+    monkeypatch.setattr(Session, "pump", pump)
+    caplog.set_level(logging.ERROR, logger="pycopy_engine.core.engine")
+    convs = [conversation(3, port=40000 + i, isn=1000 * (i + 1)) for i in range(4)]
+    for cl, _online in convs:
+        for pkt in cl.captured[:4]:  # SYN, ACK, request 1, client ACK
+            wire.capture(pkt)
+    assert {p[1] for p, _l in target.log} == {40000, 40001, 40002, 40003}
+    for cl, _online in convs:
+        replay(wire, cl.captured[4:])
+    c = eng.stats.c
+    assert c["sessions_failed:internal_error"] == 2 and c["internal_error:ValueError"] == 2
+    assert c["rst_sent:internal_error"] == 2
+    # the target side of the failed sessions was reset, the others closed cleanly
+    assert target.rst_rcvd == 2
+    for port in (40000, 40003):
+        assert [l for p, l in target.log if p[1] == port] == [
+            l for _p, l in convs[port - 40000][1].log]
+    assert not eng.sessions
+    errors = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert len(errors) == 1 and "ValueError" in errors[0].getMessage()  # logged once per type
+    # and the engine still replays new sessions
+    cl, online = conversation(2, port=41000, isn=77)
+    replay(wire, cl.captured)
+    assert [l for p, l in target.log if p[1] == 41000] == [l for _p, l in online.log]
+
+
+def test_exception_in_a_timer_is_contained(monkeypatch):
+    eng, target, wire = make()
+    orig = Session.on_timer
+
+    def on_timer(self, now):
+        if self.cport == 40000:
+            raise KeyError("timer")
+        orig(self, now)
+
+    monkeypatch.setattr(Session, "on_timer", on_timer)
+    wire.drop_to_target = lambda pkt: True  # SYNs lost: the SYN timer fires
+    for i in range(2):
+        wire.capture(conversation(1, port=40000 + i, isn=5 + i)[0].captured[0])
+    wire.advance(1.5)
+    c = eng.stats.c
+    assert c["internal_error:KeyError"] == 1
+    assert [s.cport for s in eng.sessions.values()] == [40001]
+    assert c["syn_retransmit"] == 1  # the other session's timer still ran
+
+
+# ---------------------------------------------------------------- pacing
+
+
+def late_syn_conversation(n, sizes, syn_delay=1.0):
+    """A keep-alive client whose first SYN the online server answered only
+    after the retransmission: captured SYN, SYN again after ``syn_delay``."""
+    online = SimServer(ONLINE, 80, seed=5)
+    cl = SimClient(online, CLIENT, 40000, isn=4242)
+    cl.connect()
+    for i in range(n):
+        cl.request(b"GET %d /r%d" % (sizes[i % len(sizes)], i))
+    cl.close()
+    syn = cl.captured[0]
+    return [(0.0, syn), (syn_delay, syn), (0.001, cl.captured[1])] + [
+        (0.01, p) for p in cl.captured[2:]]
+
+
+def sent_times(wire, target):
+    """Fake-clock time at which each request reached the target."""
+    times = []
+    orig = target.receive
+
+    def spy(pkt):
+        if parse_ipv4_tcp(pkt).plen:
+            times.append(wire.now)
+        orig(pkt)
+
+    target.receive = spy
+    return times
+
+
+def test_karn_no_rtt_sample_from_a_retransmitted_syn():
+    """The handshake ACK came 1 s after the first SYN only because the SYN was
+    retransmitted: the RTO must stay at its floor, so a data segment the
+    target lost is retransmitted after 0.2 s, not after seconds."""
+    eng, target, wire = make()
+    times = sent_times(wire, target)
+    lost = []
+
+    def lose_first_data(pkt):
+        if parse_ipv4_tcp(pkt).plen and not lost:
+            lost.append(wire.now)
+            return True
+        return False
+
+    wire.drop_to_target = lose_first_data
+    for dt, pkt in late_syn_conversation(1, (100,))[:3]:
+        wire.capture(pkt, dt)
+    for dt, pkt in late_syn_conversation(1, (100,))[3:4]:  # the request
+        wire.capture(pkt, dt)
+    wire.advance(5.0)
+    assert eng.stats.c["rtt_sample_skipped:syn_retransmitted"] == 1
+    assert lost and len(times) == 1, times  # the spy sees what reached the target
+    assert times[0] - lost[0] <= 0.25, times[0] - lost[0]
+
+
+def test_inter_request_wait_is_bounded_when_answers_differ():
+    """Online's RTT was a genuine 0.5 s and the target answers with other sizes:
+    each request still reaches the target within 100 ms of its online gap."""
+    eng, target, wire = make(target_kw={"respond": lambda req: b"T" * 777})
+    times = sent_times(wire, target)
+    online = SimServer(ONLINE, 80, seed=5)
+    cl = SimClient(online, CLIENT, 40000, isn=4242)
+    cl.connect()
+    for i in range(10):
+        cl.request(b"GET %d /r%d" % (100 + i * 50, i))
+    cl.close()
+    wire.capture(cl.captured[0], 0.0)
+    wire.capture(cl.captured[1], 0.5)  # the handshake's ACK, one RTT later
+    gaps = []
+    for pkt in cl.captured[2:]:
+        wire.capture(pkt, 0.02)
+        if parse_ipv4_tcp(pkt).plen:
+            gaps.append(0.02 * 2)  # online: request, client ACK, next request
+    wire.advance(3.0)
+    assert len(times) == 10 and len(target.log) == 10
+    later = [times[k] - times[k - 1] - 0.04 for k in range(1, 10)]
+    assert max(later) <= 0.100, later
