@@ -105,11 +105,37 @@ def test_request_held_until_response_complete():
     assert [l for _p, l in target.log] == [l for _p, l in online.log]
 
 
+def _held_responses(no_wait):
+    """Three requests captured while the target's answers are held back: how
+    many reach the target before any answer is released."""
+    eng, target, wire = make(no_wait=no_wait)
+    cl, online = conversation(3, sizes=(5000, 5000, 5000))
+    held = []
+
+    def has_data(rec):
+        return (rec[2] << 8 | rec[3]) - 20 - (rec[32] >> 4) * 4 > 0
+
+    wire.drop_records = lambda rec: has_data(rec) and held.append(rec) is None
+    replay(wire, cl.captured[:-1], gap=0.0)  # all but the FIN, no time passes
+    before = len(target.log)
+    wire.drop_records = None
+    for rec in held:
+        eng.on_record(rec, wire.now)
+    wire.settle()
+    replay(wire, cl.captured[-1:])
+    return before, target, online
+
+
 def test_pipelined_with_W_sends_without_waiting():
-    eng, target, wire = make(no_wait=True)
-    cl, online = conversation(3)
-    replay(wire, cl.captured, gap=0.0)
-    assert len(target.log) == 3
+    before, target, online = _held_responses(no_wait=True)
+    assert before == 3  # -W: every request went before any answer came back
+    assert [l for _p, l in target.log] == [l for _p, l in online.log]
+
+
+def test_without_W_a_request_waits_for_the_answer_before_it():
+    before, target, online = _held_responses(no_wait=False)
+    assert before == 1
+    assert [l for _p, l in target.log] == [l for _p, l in online.log]
 
 
 def test_mid_stream_session_gets_fabricated_handshake():
@@ -179,19 +205,25 @@ def test_window_respected():
     cl.request(b"POST 10 " + b"x" * 10000)
     cl.close()
     seen_max = []
-    orig = target.receive
+    take = eng.take_output
 
-    def spy(pkt):
-        seg = parse_ipv4_tcp(pkt)
-        if seg.plen:
-            c = next(iter(target.conns.values()))
-            seen_max.append((seg.seq + seg.plen - c.rcv_nxt) & 0xFFFFFFFF)
-        orig(pkt)
+    def spy():
+        # every packet of one batch leaves before the target's next ACK is
+        # back: the data beyond what the target had acknowledged is in flight
+        ctl, tx = take()
+        conn = target.conns.get((CLIENT, 40000))
+        for pkt, _dst in tx:
+            seg = parse_ipv4_tcp(pkt)
+            if seg.plen and conn is not None:
+                seen_max.append((seg.seq + seg.plen - conn.rcv_nxt) & 0xFFFFFFFF)
+        return ctl, tx
 
-    target.receive = spy
+    eng.take_output = spy
     replay(wire, cl.captured)
     assert len(target.log) == 1
     assert eng.stats.c["hold:window"] >= 1
+    # never more unacknowledged data in flight than the target's 2000-byte window
+    assert len(seen_max) >= 5 and max(seen_max) <= 2000, max(seen_max)
 
 
 def test_target_close_with_remaining_requests_rebuilds():

@@ -252,3 +252,47 @@ def test_inter_request_wait_is_bounded_when_answers_differ():
     assert len(times) == 10 and len(target.log) == 10
     later = [times[k] - times[k - 1] - 0.04 for k in range(1, 10)]
     assert max(later) <= 0.100, later
+
+
+# ---------------------------------------------------------------- endings
+
+
+def test_client_rst_reaches_the_target_after_all_data_before_it():
+    """Half a POST body then RST, and the target lost a body segment: the RST
+    waits for the retransmission to be acknowledged, so the target holds every
+    byte the online server got when the RST arrives, at the same sequence."""
+    from pycopy_engine.wire.tcpip import ACK, PSH, RST
+
+    eng, target, wire = make()
+    online = SimServer(ONLINE, 80, seed=5)
+    cl = SimClient(online, CLIENT, 40000, isn=900)
+    cl.connect()
+    cl._send(ACK | PSH, b"POST 10 " + b"x" * 4000)  # no newline: the request never completes
+    cl._send(RST | ACK)
+    lost = []
+    at_rst = []
+    orig = target.receive
+
+    def spy(pkt):
+        seg = parse_ipv4_tcp(pkt)
+        if seg.flags & RST:
+            conn = target.conns.get((CLIENT, 40000))
+            at_rst.append((seg.seq, conn.rcv_nxt if conn else None))
+        orig(pkt)
+
+    def lose_one(pkt):
+        seg = parse_ipv4_tcp(pkt)
+        if seg.plen and not lost and seg.seq != 901:  # the second body segment
+            lost.append(seg.seq)
+            return True
+        return False
+
+    target.receive = spy
+    wire.drop_to_target = lose_one
+    replay(wire, cl.captured)
+    wire.advance(2.0)
+    assert lost and eng.stats.c["retransmit"] >= 1
+    assert len(at_rst) == 1
+    seq, rcv_nxt = at_rst[0]
+    assert seq == (900 + 1 + 4008) and rcv_nxt == seq  # all 4008 bytes in, RST in place
+    assert target.rst_rcvd == 1 and not eng.sessions
