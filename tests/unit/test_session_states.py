@@ -20,10 +20,11 @@ from pycopy_engine.core.session_state import (
     TRANSITION_KEY,
     TransitionError,
 )
-from pycopy_engine.wire.tcpip import parse_ipv4_tcp
+from pycopy_engine.wire.control import make_record
+from pycopy_engine.wire.tcpip import ACK, RST, build_ipv4_tcp, parse_ipv4_tcp
 
 from .simtcp import SimClient, SimServer
-from .test_engine import CLIENT, ONLINE, conversation, make, replay
+from .test_engine import CLIENT, ONLINE, TARGET, conversation, make, replay
 
 CORE = Path(__file__).resolve().parents[2] / "pycopy_engine" / "core"
 
@@ -49,6 +50,16 @@ def scenarios():
     eng, target, wire = make(mem_limit=1)  # evicted before its SYN went out
     wire.capture(conversation(1)[0].captured[0])
     out.append(eng)
+    eng, target, wire = make()  # the target resets our SYN while requests wait: rebuild
+    cl = conversation(2, close=False)[0]
+    wire.drop_to_target = lambda pkt: True
+    wire.capture(cl.captured[2])  # mid-stream request: fabricated SYN, request queued
+    rst = build_ipv4_tcp(TARGET, CLIENT, 8080, 40000, 0, (12345 + 1) & 0xFFFFFFFF, RST | ACK, 0)
+    eng.on_record(make_record(rst), wire.now)
+    wire.drop_to_target = None
+    wire.advance(0.5)
+    assert len(target.log) == 1
+    out.append(eng)
     eng, target, wire = make()  # the target never answers: handshake timeout
     wire.drop_to_target = lambda pkt: True
     replay(wire, conversation(1)[0].captured)
@@ -67,7 +78,7 @@ def test_every_transition_the_engine_makes_is_in_the_table():
     # the scenarios really cover the machine: every state entered, rebuilds included
     for key in ("state:NEW->SYN_SENT", "state:SYN_SENT->ESTABLISHED", "state:ESTABLISHED->CLOSED",
                 "state:ESTABLISHED->REBUILD_WAIT", "state:REBUILD_WAIT->SYN_SENT",
-                "state:NEW->CLOSED", "state:SYN_SENT->CLOSED"):
+                "state:NEW->CLOSED", "state:SYN_SENT->CLOSED", "state:SYN_SENT->REBUILD_WAIT"):
         assert key in made, key
 
 
@@ -117,18 +128,19 @@ def test_state_changes_only_in_set_state():
 # ---------------------------------------------------------------- containment
 
 
-def test_exception_in_one_session_resets_it_and_the_others_carry_on(monkeypatch, caplog):
+@pytest.mark.parametrize("where", ["on_client", "on_response", "pump"])
+def test_exception_in_one_session_resets_it_and_the_others_carry_on(monkeypatch, caplog, where):
     eng, target, wire = make()
-    orig = Session.pump
+    orig = getattr(Session, where)
     doomed = {40001, 40002}
 
-    def pump(self, now):
+    def failing(self, *args):
         if self.cport in doomed and self.requests >= 1:
             doomed.discard(self.cport)  # once per connection
             raise ValueError("boom")
-        orig(self, now)
+        orig(self, *args)
 
-    monkeypatch.setattr(Session, "pump", pump)
+    monkeypatch.setattr(Session, where, failing)
     caplog.set_level(logging.ERROR, logger="pycopy_engine.core.engine")
     convs = [conversation(3, port=40000 + i, isn=1000 * (i + 1)) for i in range(4)]
     for cl, _online in convs:
@@ -233,7 +245,7 @@ def test_karn_no_rtt_sample_from_a_retransmitted_syn():
 def test_inter_request_wait_is_bounded_when_answers_differ():
     """Online's RTT was a genuine 0.5 s and the target answers with other sizes:
     each request still reaches the target within 100 ms of its online gap."""
-    eng, target, wire = make(target_kw={"respond": lambda req: b"T" * 777})
+    eng, target, wire = make(target_kw={"respond": lambda req: b"T" * 60})  # shorter than online's
     times = sent_times(wire, target)
     online = SimServer(ONLINE, 80, seed=5)
     cl = SimClient(online, CLIENT, 40000, isn=4242)
@@ -261,7 +273,7 @@ def test_client_rst_reaches_the_target_after_all_data_before_it():
     """Half a POST body then RST, and the target lost a body segment: the RST
     waits for the retransmission to be acknowledged, so the target holds every
     byte the online server got when the RST arrives, at the same sequence."""
-    from pycopy_engine.wire.tcpip import ACK, PSH, RST
+    from pycopy_engine.wire.tcpip import PSH
 
     eng, target, wire = make()
     online = SimServer(ONLINE, 80, seed=5)
