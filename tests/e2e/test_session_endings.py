@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+from pycopy_engine.io.pcapfile import PcapReader
 from tests.lab.netns import Lab
 from tests.lab.services import HttpServerProc, run_client
 
@@ -125,6 +126,21 @@ def late_gaps(online: List[Any], target: List[Any]) -> List[float]:
     return out
 
 
+def requests_in(path: Path, online: str, marker: str) -> int:
+    """Request lines containing ``marker`` sent to online:80 in a capture file."""
+    n = 0
+    dst = bytes(map(int, online.split(".")))
+    with PcapReader(str(path)) as r:
+        for _, p in r:
+            ihl = (p[0] & 15) * 4
+            if p[16:20] != dst or p[ihl + 2:ihl + 4] != b"\0P":
+                continue
+            body = p[ihl + (p[ihl + 12] >> 4) * 4:]
+            if body.startswith(b"GET ") and marker.encode() in body.split(b"\r\n", 1)[0]:
+                n += 1
+    return n
+
+
 def open_on_target(lab: Lab) -> int:
     out = lab.run("target", ["ss", "-tnH", "state", "established", "( sport = :80 )"]).stdout
     return len([line for line in out.splitlines() if lab.ip["client"] in line])
@@ -216,8 +232,16 @@ def test_offline_replay_into_target_time_wait(env):
     n = 200
     res = run_client(lab, requests=n, connections=4, mode="close", tag="etw", delay=0.005)
     assert res["ok"] == n
-    time.sleep(0.5)
+    size, stable = -1, 0  # tcpdump may lag: stop it once the file stopped growing
+    deadline = time.monotonic() + 20
+    while stable < 10 and time.monotonic() < deadline:
+        now_size = cap.stat().st_size
+        stable = stable + 1 if now_size == size else 0
+        size = now_size
+        time.sleep(0.1)
     lab.stop(dump)
+    in_pcap = requests_in(cap, online, "/etw/")
+    assert in_pcap == n, (in_pcap, err.read_text())  # the capture holds every request
     target = env["servers"]["target"]
     t, a = lab.ip["target"], lab.ip["assistant"]
     results = []
