@@ -44,13 +44,12 @@ from ..wire.tcpip import (
 )
 from .session_base import END_WAIT, M32
 from .session_state import (
-    ALLOWED,
     CLOSED,
     ESTABLISHED,
     REBUILD_WAIT,
+    ROWS,
     SYN_SENT,
     TARGET_SIDE_OPEN,
-    TRANSITION_KEY,
     State,
     TransitionError,
 )
@@ -65,10 +64,11 @@ class Session(TargetSide):
     def _set_state(self, new: State) -> None:
         """The one place a session changes state: checked against ALLOWED, counted."""
         old = self.state
-        if new not in ALLOWED[old]:
+        key = ROWS[old._value_][new._value_]  # = TRANSITION_KEY[old, new] if allowed
+        if key is None:
             self.c["state_error"] += 1
             raise TransitionError(old, new)
-        self.c[TRANSITION_KEY[(old, new)]] += 1
+        self.c[key] += 1
         self.state = new
 
     @property

@@ -25,17 +25,17 @@ raises :class:`TransitionError` (the engine then ends the session as an
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Dict, FrozenSet, Protocol, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from ..errors import PycopyError
 
 
 class State(Enum):
-    NEW = "NEW"
-    SYN_SENT = "SYN_SENT"
-    ESTABLISHED = "ESTABLISHED"
-    REBUILD_WAIT = "REBUILD_WAIT"
-    CLOSED = "CLOSED"
+    NEW = 0
+    SYN_SENT = 1
+    ESTABLISHED = 2
+    REBUILD_WAIT = 3
+    CLOSED = 4
 
 
 NEW, SYN_SENT, ESTABLISHED, REBUILD_WAIT, CLOSED = (
@@ -51,18 +51,32 @@ ALLOWED: Dict[State, FrozenSet[State]] = {
 
 # the counter key of each allowed transition, built once (no string work per packet)
 TRANSITION_KEY: Dict[Tuple[State, State], str] = {
-    (a, b): f"state:{a.value}->{b.value}" for a, bs in ALLOWED.items() for b in bs
+    (a, b): f"state:{a.name}->{b.name}" for a, bs in ALLOWED.items() for b in bs
 }
 
 # states in which the target holds (or is about to hold) a connection for us
 TARGET_SIDE_OPEN = frozenset({SYN_SENT, ESTABLISHED})
+
+# The hot path's view of the table: an Enum member hashes in Python code, so
+# _set_state indexes rows by the members' int values instead of hashing them.
+# ROWS[old][new] is the counter key, or None when not allowed; rebuilt by
+# compile_table() whenever ALLOWED changes (tests change it).
+ROWS: List[List[Optional[str]]] = []
+
+
+def compile_table() -> None:
+    ROWS[:] = [[f"state:{a.name}->{b.name}" if b in ALLOWED[a] else None for b in State]
+               for a in State]
+
+
+compile_table()
 
 
 class TransitionError(PycopyError):
     """A state change the table does not allow: a bug in the session logic."""
 
     def __init__(self, old: State, new: State) -> None:
-        super().__init__(f"session state {old.value} -> {new.value} is not allowed")
+        super().__init__(f"session state {old.name} -> {new.name} is not allowed")
         self.old = old
         self.new = new
 
