@@ -145,7 +145,10 @@ class Engine:
                 c["drop:sampled_out"] += 1
                 return
             for s in self._open(flow, seg, m, now):
-                self._guard(s, now, s.start_with_syn, seg, now)
+                try:
+                    s.start_with_syn(seg, now)
+                except Exception as exc:
+                    self._contain(s, exc, now)
             return
         if seg.plen:
             c["clt_content"] += 1

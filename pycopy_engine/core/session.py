@@ -113,7 +113,9 @@ class Session(TargetSide):
         if flags & SYN:
             c["drop:syn_retransmit"] += 1  # a new ISN is handled by the engine
             return
-        self._client_ts(seg)
+        t = find_ts(seg.opts)
+        if t is not None and seq_lt(self.ts_last, t[0]):
+            self.ts_last = t[0]
         if not self.fake:
             self.clt_win = seg.win
         if seg.plen == 0 and not flags & (FIN | RST):
@@ -333,7 +335,13 @@ class Session(TargetSide):
         else:
             c["sessions_closed"] += 1
         self._set_state(CLOSED)
-        self._release(now)
+        self.ended = True  # _release(), inlined: once per session on the hot path
+        e = self.e
+        e.buffered -= self.queued_bytes
+        self.queued_bytes = 0
+        self.queue = []
+        self.sent.clear()
+        e.forget(self, now)
 
     def abort(self, now: float, reason: str) -> None:
         """End after an internal error, trusting as little of the session as

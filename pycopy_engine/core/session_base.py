@@ -19,7 +19,6 @@ from ..wire.tcpip import (
     Segment,
     TcpOptions,
     build_ipv4_tcp,
-    find_ts,
     parse_options,
     seq_diff,
     seq_lt,
@@ -66,10 +65,11 @@ class SessionBase:
         self.last_clt = now
         self.last_resp = now
         self.last_req: Optional[float] = None
-        self.rtt = 0.001
+        cfg = engine.cfg
+        self.rtt = cfg.rtt or 0.001
         self.rtt_ambiguous = False  # Karn: the online SYN was retransmitted, no RTT sample
-        self.quiet_gap = 0.0
-        self.set_rtt(engine.cfg.rtt or 0.001)
+        self.quiet_gap = max(2 * self.rtt if cfg.rtt else min(2 * self.rtt, QUIET_MAX),
+                             cfg.idle_gap)  # as set_rtt() does
         self.syn_at: Optional[float] = None
         self.isn = 0
         self.fake = False
@@ -101,7 +101,7 @@ class SessionBase:
         self.clt_fin_sent = False
         self.target_fin = False
         self.rebuild_at: Optional[float] = None
-        self.est_deadline = now + engine.cfg.est_timeout
+        self.est_deadline = now + cfg.est_timeout
         self.ended = False
         self.sched: Optional[float] = None
         self.queued_bytes = 0
@@ -223,10 +223,6 @@ class SessionBase:
                 self.c["retransmit"] += 1
                 return
 
-    def _client_ts(self, seg: Segment) -> None:
-        t = find_ts(seg.opts)
-        if t is not None and seq_lt(self.ts_last, t[0]):
-            self.ts_last = t[0]
 
     # the behaviour (session.py) that the packet and target-side code calls back into
 
