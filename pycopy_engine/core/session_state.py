@@ -3,10 +3,11 @@ the narrow interface a session uses to reach its engine (sans-IO).
 
 ::
 
-    NEW ──► SYN_SENT ──► ESTABLISHED ──► CLOSED
-               │  ▲            │            ▲
-               │  └─ REBUILD_WAIT ◄─┘       │
-               └───────────┴────────────────┘
+    NEW          -> SYN_SENT (start)             | CLOSED (evicted before its SYN)
+    SYN_SENT     -> ESTABLISHED (SYN-ACK)        | REBUILD_WAIT (RST, data queued) | CLOSED
+    ESTABLISHED  -> REBUILD_WAIT (target closed) | CLOSED
+    REBUILD_WAIT -> SYN_SENT (fresh handshake)   | CLOSED
+    CLOSED       (terminal)
 
 * ``NEW``: allocated, nothing sent yet.
 * ``SYN_SENT``: our SYN is out (captured or fabricated); waiting for the
