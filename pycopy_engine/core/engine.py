@@ -21,11 +21,11 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 from ..errors import WireError
 from ..wire.control import encode_client_add, parse_record
 from ..wire.tcpip import ACK, SYN, parse_ipv4_tcp
-from .mapping import AddressMapper, Key, Sampler, TargetMap, find_map
+from .mapping import AddressMapper, Key, PortExhausted, Sampler, TargetMap, find_map
+from .memory import MemoryGuard
 from .session import ESTABLISHED, SYN_SENT, Session
 from .stats import Stats
 
-SESSION_OVERHEAD = 3000  # bytes a session costs beyond its buffered payload (measured, rounded up)
 TIME_WAIT = 6.0
 
 
@@ -76,6 +76,7 @@ class Engine:
         self.target_ips = {m.target_ip for m in cfg.maps}
         self.stats.add_gauge("sessions_active", lambda: len(self.sessions))
         self.stats.add_gauge("buffered_bytes", lambda: self.buffered)
+        self.memory = MemoryGuard(cfg.mem_limit, self.stats)  # -m (core/memory.py)
 
     # ------------------------------------------------------------ output
 
@@ -122,6 +123,8 @@ class Engine:
             return
         flow = (seg.src, seg.sport, seg.dst, seg.dport, self.flow_tag)
         sessions = self.flows.get(flow)
+        if sessions is None and self.memory.tombs and self.memory.dead(flow, seg, now):
+            return  # -m: an evicted (or port-exhausted) session is not resurrected
         flags = seg.flags
         if flags & SYN and not flags & ACK:
             c["syn_cnt"] += 1
@@ -160,11 +163,15 @@ class Engine:
     def _open(self, flow: tuple, seg, m: TargetMap, now: float) -> List[Session]:
         c = self.stats.c
         out = []
-        self._enforce_memory(now)
         in_use = self._in_use
         for copy in range(self.cfg.replicas):
-            key, skipped = self.mapper.allocate(seg.src, seg.sport, copy, m.target_ip,
-                                                m.target_port, in_use, self.port_salt)
+            self.memory.before_open(self.sessions, now)  # -m: room under the session cap
+            try:
+                key, skipped = self.mapper.allocate(seg.src, seg.sport, copy, m.target_ip,
+                                                    m.target_port, in_use, self.port_salt)
+            except PortExhausted:
+                c["port_exhausted"] += 1  # every port of that client address is live: skip
+                continue
             if skipped:
                 c["port_collision_avoided"] += skipped
             s = Session(self, flow, copy, key, now)
@@ -172,8 +179,10 @@ class Engine:
             self.time_wait.pop(key, None)
             out.append(s)
             c["sessions_opened"] += 1
+        if not out:  # port exhaustion: the flow's later segments are dropped, counted
+            self.memory.bury(flow, seg.seq if seg.flags & SYN else -1, now, "port_exhausted")
+            return out
         self.flows[flow] = out
-        self._enforce_memory(now)
         return [s for s in out if not s.ended]
 
     def _in_use(self, key: Key) -> bool:
@@ -246,17 +255,15 @@ class Engine:
             if until > now:
                 break
             del tw[key]
-        self._enforce_memory(now)
+        self.memory.expire(now)
 
-    def memory_estimate(self) -> int:
-        return len(self.sessions) * SESSION_OVERHEAD + self.buffered
+    def memory_due(self) -> bool:
+        """-m: should the io layer measure the RSS now?  (core/memory.py)"""
+        return self.memory.due(self.buffered)
 
-    def _enforce_memory(self, now: float) -> None:
-        limit = self.cfg.mem_limit
-        while self.sessions and self.memory_estimate() > limit:
-            oldest = next(iter(self.sessions.values()))
-            self.stats.c["evicted:memory_limit"] += 1
-            oldest.end(now, "memory_limit")
+    def observe_rss(self, rss: int, now: float) -> int:
+        """-m: a fresh RSS measurement; evicts when near the bound, returns how many."""
+        return self.memory.observe(rss, self.sessions, self.buffered, now)
 
     # ------------------------------------------------------------ ending
 

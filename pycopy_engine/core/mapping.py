@@ -43,6 +43,10 @@ def wrap_port(port: int) -> int:
     return PORT_MIN + (port - PORT_MIN) % (0x10000 - PORT_MIN)
 
 
+class PortExhausted(Exception):
+    """Every client port of one (client ip, target) pair is held by a live session."""
+
+
 class AddressMapper:
     """Chooses the (client ip, client port) the target sees for each replayed copy.
 
@@ -53,7 +57,9 @@ class AddressMapper:
       shifted by a further ``(2i - 1) * 32``, R being random per process.
     * The chosen 4-tuple is checked against live sessions (``in_use``) and
       moved to the next free port if taken; each such move is counted by the
-      caller as an avoided collision.
+      caller as an avoided collision.  When no port is free (one NAT'd client,
+      or one ``-c`` address, under load) ``allocate`` raises ``PortExhausted``
+      and the caller skips that copy.
     """
 
     def __init__(self, clt_ips: Sequence[bytes] = (), localhost_ip: Optional[bytes] = None,
@@ -84,7 +90,9 @@ class AddressMapper:
     def allocate(self, orig_ip: bytes, orig_port: int, copy: int, target_ip: bytes,
                  target_port: int, in_use: Callable[[Key], bool],
                  salt: int = 0) -> Tuple[Key, int]:
-        """(key the target will see, number of occupied ports skipped)."""
+        """(key the target will see, number of occupied ports skipped).
+
+        Raises ``PortExhausted`` when every port of that client address is taken."""
         ip = self.client_ip(orig_ip, copy)
         port = self.preferred_port(orig_port, copy, salt)
         skipped = 0
@@ -92,7 +100,7 @@ class AddressMapper:
         while in_use(key):
             skipped += 1
             if skipped >= 0x10000 - PORT_MIN:
-                raise RuntimeError("no free client port towards the target")
+                raise PortExhausted(skipped)
             port = port + 1 if port < 0xFFFF else PORT_MIN
             key = (ip, port, target_ip, target_port)
         return key, skipped
@@ -125,6 +133,18 @@ def parse_ip(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
 
 
+def parse_ipv4(text: str) -> bytes:
+    """A dotted IPv4 address; anything else (IPv6 included) is a ValueError."""
+    import ipaddress
+
+    try:
+        return ipaddress.IPv4Address(text).packed
+    except ValueError:
+        if ":" in text:
+            raise ValueError("%r is not an IPv4 address (IPv6 is not supported)" % text) from None
+        raise ValueError("%r is not an IPv4 address" % text) from None
+
+
 def expand_clt_ips(spec: str, target_ips: Sequence[bytes] = ()) -> List[bytes]:
     """``-c`` value: a comma list of IPs, where ``a.b.c.x`` means .1-.254.
 
@@ -137,9 +157,11 @@ def expand_clt_ips(spec: str, target_ips: Sequence[bytes] = ()) -> List[bytes]:
             continue
         if item.endswith(".x"):
             base = item[:-2]
-            out.extend(parse_ip("%s.%d" % (base, i)) for i in range(1, 255))
+            if base.count(".") != 2:
+                raise ValueError("%r: a.b.c.x needs three IPv4 octets before .x" % item)
+            out.extend(parse_ipv4("%s.%d" % (base, i)) for i in range(1, 255))
         else:
-            out.append(parse_ip(item))
+            out.append(parse_ipv4(item))
     out = [ip for ip in out if ip not in target_ips]
     if len(out) > 4096:
         raise ValueError("more than 4096 client addresses")
