@@ -16,6 +16,8 @@ Key = Tuple[bytes, int, bytes, int]  # (client ip, client port, target ip, targe
 
 LOCALHOST = bytes((127, 0, 0, 1))
 PORT_MIN = 1024
+LINEAR_PROBES = 8    # a taken port: try the next ones ...
+RANDOM_PROBES = 64   # ... then random ones, then scan them all before calling it exhausted
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class AddressMapper:
         self.clt_ips = list(clt_ips)
         self.localhost_ip = localhost_ip
         rng = rng or random.Random()
+        self.rng = rng
         self.rand = rng.randrange(512)
         self.shift = (port_shift << 11) + self.rand if port_shift else 0
         self._ip_slot: Dict[bytes, int] = {}
@@ -95,15 +98,28 @@ class AddressMapper:
         Raises ``PortExhausted`` when every port of that client address is taken."""
         ip = self.client_ip(orig_ip, copy)
         port = self.preferred_port(orig_port, copy, salt)
-        skipped = 0
         key = (ip, port, target_ip, target_port)
-        while in_use(key):
-            skipped += 1
-            if skipped >= 0x10000 - PORT_MIN:
-                raise PortExhausted(skipped)
-            port = port + 1 if port < 0xFFFF else PORT_MIN
+        if not in_use(key):
+            return key, 0
+        # Taken: the next few ports, then random ones (a linear walk through a
+        # block of busy ports -- sequential NAT ports, -n copies -- would cost
+        # O(n) per session), then, before giving up, every port once.
+        skipped = 1
+        for i in range(LINEAR_PROBES + RANDOM_PROBES):
+            if i < LINEAR_PROBES:
+                port = port + 1 if port < 0xFFFF else PORT_MIN
+            else:
+                port = self.rng.randrange(PORT_MIN, 0x10000)
             key = (ip, port, target_ip, target_port)
-        return key, skipped
+            if not in_use(key):
+                return key, skipped
+            skipped += 1
+        for port in range(PORT_MIN, 0x10000):
+            key = (ip, port, target_ip, target_port)
+            if not in_use(key):
+                return key, skipped
+            skipped += 1
+        raise PortExhausted(skipped)
 
 
 class Sampler:

@@ -4,9 +4,11 @@ under the memory bound."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -163,46 +165,117 @@ def test_shared_secret(lab, workdir, logs):
         ic.stop()
 
 
-def test_syn_flood_stays_under_memory_bound(lab, workdir, logs):
+FLOOD = """
+import socket, sys, time
+sys.path.insert(0, ".")
+from pycopy_engine.wire.tcpip import build_ipv4_tcp, SYN, syn_options
+src, dst, n = socket.inet_aton(sys.argv[1]), socket.inet_aton(sys.argv[2]), int(sys.argv[3])
+rate = float(sys.argv[4])  # SYNs per second: a flood tcpcopy's capture can take in whole
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+opts = syn_options(1460, 7, True, (1, 0))
+t0 = time.monotonic()
+for i in range(n):   # n distinct 4-tuples, one SYN each, never answered
+    ahead = t0 + i / rate - time.monotonic()
+    if ahead > 0:
+        time.sleep(ahead)
+    port = 1024 + i % 64000
+    s.sendto(build_ipv4_tcp(src, dst, port, 80, i * 7919, 0, SYN, 65535, opts, b"", i),
+             (sys.argv[2], 0))
+"""
+
+
+def tagged(logs, tag: str, n: int, timeout: float = 20.0) -> list:
+    """The target's records of requests tagged ``tag``, once there are ``n`` (or at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [r for r in logs("target") if f"/{tag}/" in r["path"]]
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+class RssSampler(threading.Thread):
+    """Reads VmRSS of a real process from /proc every few milliseconds."""
+
+    def __init__(self, pid: int, every: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.samples: list[int] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        path = f"/proc/{self.pid}/status"
+        while not self.halt.is_set():
+            try:
+                with open(path) as f:
+                    kb = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                return
+            self.samples.append(kb * 1024)
+            time.sleep(self.every)
+
+    def stop(self) -> list[int]:
+        self.halt.set()
+        self.join(5)
+        return self.samples
+
+
+def test_syn_flood_keeps_measured_rss_under_the_bound(lab, workdir, logs):
+    """20,000 never-answered SYNs with -m 128 (and -n 3: 60,000 replayed tuples,
+    more than 128 MB of sessions): the RSS of the real process, read from /proc
+    all along, never exceeds 128 MB; the flood's tuples are what is evicted, and
+    keep-alive clients that were already talking lose nothing."""
+    limit = 128 << 20
     ic = intercept(lab, workdir, name="ic-flood")
-    tc = tcpcopy(lab, workdir, extra=["-m", "8"], name="tc-flood")
+    tc = tcpcopy(lab, workdir, extra=["-m", "128", "-n", "3"], name="tc-flood")
+    sampler = RssSampler(tc.proc.pid)
+    sampler.start()
+    o, c = lab.ip["online"], lab.ip["client"]
+    # a real flood's sources never answer: keep the client from resetting online's SYN-ACKs
+    rule = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
+    flood_path = Path(workdir) / "flood.py"
+    flood_path.write_text(FLOOD)
+    keep = lab.popen("client", [
+        sys.executable, "-m", "tests.lab.client", "--host", o, "--requests", "400",
+        "--connections", "4", "--mode", "keepalive", "--delay", "0.1", "--tag", "floodka",
+        "--out", str(Path(workdir) / "floodka.json")])
     try:
-        o = lab.ip["online"]
-        c = lab.ip["client"]
-        # a real flood's sources never answer: keep the client from resetting online's SYN-ACKs
-        rule = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
+        assert tc.wait_stat("requests_sent", 8, timeout=20) >= 8  # keep-alive sessions talk
         lab.run("client", ["iptables", "-I", *rule])
-        py_in(lab, "client", f"""
-            import socket, struct, sys
-            sys.path.insert(0, ".")
-            from pycopy_engine.wire.tcpip import build_ipv4_tcp, SYN, syn_options
-            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-            src, dst = socket.inet_aton("{c}"), socket.inet_aton("{o}")
-            opts = syn_options(1460, 7, True, (1, 0))
-            for i in range(20000):
-                port = 20000 + i % 40000
-                pkt = build_ipv4_tcp(src, dst, port, 80, i * 7919, 0, SYN, 65535, opts, b"", i)
-                s.sendto(pkt, ("{o}", 0))
-        """)
-        lab.run("client", ["iptables", "-D", *rule])
-        time.sleep(2.0)
+        try:
+            lab.run("client", [sys.executable, str(flood_path), c, o, "20000", "3000"], timeout=120)
+            deadline = time.monotonic() + 30
+            while tc.stats().get("syn_cnt", 0) < 20000 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(2.0)
+        finally:
+            lab.run("client", ["iptables", "-D", *rule])
+        assert keep.wait(timeout=120) == 0
+        samples = sampler.stop()
         st = tc.stats()
-        assert st["syn_cnt"] >= 15000
-        assert tc.wait_stat("evicted:memory_limit") > 0
-        st = tc.stats()
-        assert st["sessions_active"] * 3000 + st["buffered_bytes"] <= 8 << 20
-        rss_kb = int(next(line for line in open(f"/proc/{tc.proc.pid}/status")
-                          if line.startswith("VmRSS")).split()[1])
-        assert rss_kb < 300_000
-        res = run_client(lab, requests=200, connections=4, mode="close", tag="flood")
-        logs("target", 200)
-        time.sleep(0.3)
-        assert logged_keys([r for r in logs("target") if "/flood/" in r["path"]]) == sent_keys(res)
+        assert st["syn_cnt"] >= 20000, st  # every SYN of the flood was captured
+        assert len(samples) >= 200, len(samples)
+        peak = max(samples)
+        print(f"RSS: {len(samples)} samples, peak {peak / 1048576:.1f} MB, "
+              f"sessions opened {st['sessions_opened']}, evicted {st.get('evicted:memory_limit')}")
+        assert peak <= limit, f"RSS peaked at {peak / 1048576:.1f} MB"
+        assert st["evicted:memory_limit"] > 0 and st["memory_pressure"] >= 1
+        # the flood's tuples went, not the talking keep-alive sessions
+        assert st.get("evicted_group:active", 0) == 0, st
+        ka = json.loads((Path(workdir) / "floodka.json").read_text())
+        got = tagged(logs, "floodka", 3 * len(ka["requests"]))
+        # -n 3: each request arrives three times, once per copy
+        assert logged_keys(got) == sorted(sent_keys(ka) * 3)
+        assert tc.proc.poll() is None
+        # and after the flood new sessions are replayed whole
+        res = run_client(lab, requests=100, connections=4, mode="close", tag="flood")
+        got = tagged(logs, "flood", 300)
+        assert logged_keys(got) == sorted(sent_keys(res) * 3)
     finally:
+        sampler.halt.set()
+        lab.stop(keep)
         tc.stop()
         ic.stop()
-
-
 
 
 def test_slow_tcpcopy_never_stalls_the_others(lab, workdir, logs):
