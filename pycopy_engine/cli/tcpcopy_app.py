@@ -223,13 +223,14 @@ class TcpCopyApp:
         self.loop.call_later(RSS_INTERVAL, self._memory_tick)
 
     def _reregister(self, peer) -> None:
-        """A link came back (-L): tell intercept about every live session again."""
-        n = 0
-        for s in self.engine.sessions.values():
-            peer.write(encode_client_add(s.cip, s.cport, s.tip, s.tport))
-            n += 1
-        self.log.warning("link to intercept %s restored; %d live session(s) re-registered",
-                         peer.name, n)
+        """A link came back (-L): tell intercept about every live session again, once."""
+        msgs = [encode_client_add(s.cip, s.cport, s.tip, s.tport)
+                for s in self.engine.sessions.values()]
+        for k in range(0, len(msgs), 4096):  # whole messages, well under the link's buffer
+            peer.write(b"".join(msgs[k:k + 4096]))
+        self.stats.c["control_reregistered"] += len(msgs)
+        self.log.info("link to intercept %s connected again; %d live session(s) re-registered",
+                      peer.name, len(msgs))
 
     def _all_lost(self) -> None:
         self.log.error("all intercept connections lost; exiting (use -L to keep running)")
