@@ -208,8 +208,10 @@ class InterceptLinks:
                 self.on_all_lost()
             return
         if srv.usable[i]:
-            log.error("connection to intercept %s lost (%s)", peer.name, reason)
+            log.error("connection to intercept %s lost (%s); retrying in %gs", peer.name, reason,
+                      self.min_backoff)
             srv.usable[i] = False
+            srv.backoff[i] = min(self.min_backoff * 2, self.max_backoff)
             self._retry(srv, i, self.min_backoff)
             return
         self.stats.c["control_refused"] += 1
