@@ -34,6 +34,11 @@ USAGE_EXAMPLE = """example:
 """
 
 
+def probe_client(text: str) -> str:
+    ipv4(text)
+    return text
+
+
 def parse_maps(text: str) -> List[TargetMap]:
     maps = []
     for item in text.split(","):
@@ -123,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("-d", dest="daemon", action="store_true", help="run as a daemon")
     a("--uncombined", action="store_true",
       help="intercept sends records one by one (C --disable-combined builds)")
+    a("--probe-client", metavar="ADDR", type=opt_type("--probe-client", probe_client, "bad address"),
+      help="--doctor: source address of the end-to-end probe (an unused address of the clients'"
+           " network, routed via the assistant on the target); default: the first -c address")
     add_common_options(a, "online")
     a("--seed", type=int, default=None, help=argparse.SUPPRESS)
     a("-v", "--version", action="version", version=version_line("tcpcopy"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.services import logged_keys, run_client, sent_keys
+from tests.lab.services import logged_keys, sent_keys
 
 from .procs import Proc, intercept, tcpcopy
 
