@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("-f", dest="port_shift", type=opt_type("-f", int_range(0, 31), "must be 0..31"), default=0,
       help="port shift factor for several tcpcopy instances")
     a("-m", dest="mem_mb", type=opt_type("-m", int_range(1), "bad size"), default=2048,
-      help="memory bound in MB: oldest sessions are evicted above it (2048)")
+      help="bound on resident memory in MB: near it, half-open and idle sessions are evicted"
+           " first (2048)")
     a("-M", dest="mtu", type=opt_type("-M", int_range(576, 65535), "bad MTU"), default=1500,
       help="MTU for packets sent to the target (1500)")
     a("-D", dest="mss", type=opt_type("-D", int_range(88, 65495), "bad MSS"), default=1460,

@@ -18,6 +18,7 @@ LOCALHOST = bytes((127, 0, 0, 1))
 PORT_MIN = 1024
 LINEAR_PROBES = 8    # a taken port: try the next ones ...
 RANDOM_PROBES = 64   # ... then random ones, then scan them all before calling it exhausted
+MAX_IP_SLOTS = 16384  # -c: original client IPs remembered round-robin; the rest are hashed
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class AddressMapper:
     """Chooses the (client ip, client port) the target sees for each replayed copy.
 
     * ``-c``: each original client IP is bound, round-robin and for the life of
-      the process, to one address of the list (copy *i* uses the next ones).
+      the process, to one address of the list (copy *i* uses the next ones);
+      beyond ``MAX_IP_SLOTS`` original IPs, by a hash of the IP (as stable, and
+      the map's memory stays bounded).
     * ``-H``: a captured 127.0.0.1 source becomes this address.
     * ``-f``: every port is shifted by ``(f << 11) + R``; ``-n``: copy *i* is
       shifted by a further ``(2i - 1) * 32``, R being random per process.
@@ -78,7 +81,10 @@ class AddressMapper:
         if self.clt_ips:
             slot = self._ip_slot.get(orig_ip)
             if slot is None:
-                slot = self._ip_slot[orig_ip] = len(self._ip_slot) % len(self.clt_ips)
+                if len(self._ip_slot) < MAX_IP_SLOTS:
+                    slot = self._ip_slot[orig_ip] = len(self._ip_slot) % len(self.clt_ips)
+                else:  # bounded memory (a flood of spoofed sources): a stable hash instead
+                    slot = zlib.crc32(orig_ip) % len(self.clt_ips)
             return self.clt_ips[(slot + copy) % len(self.clt_ips)]
         if orig_ip == LOCALHOST and self.localhost_ip is not None:
             return self.localhost_ip

@@ -109,3 +109,14 @@ def test_allocating_in_a_block_of_busy_ports_is_not_quadratic():
             live.add(key)
     assert len(live) == 60000
     assert probes < 60000 * 20, probes
+
+
+def test_client_slot_map_is_bounded_and_stays_sticky():
+    from pycopy_engine.core import mapping
+
+    m = AddressMapper([IP("10.5.0.1"), IP("10.5.0.2"), IP("10.5.0.3")])
+    sources = [bytes([11, i >> 16 & 255, i >> 8 & 255, i & 255]) for i in range(40000)]
+    first = [m.client_ip(x) for x in sources]
+    assert len(m._ip_slot) == mapping.MAX_IP_SLOTS  # a spoofed flood cannot grow it further
+    assert [m.client_ip(x) for x in sources] == first  # every source keeps its address
+    assert {first.count(ip) for ip in set(first)} <= set(range(12000, 15000))  # all used
