@@ -179,11 +179,13 @@ class Engine:
             self.time_wait.pop(key, None)
             out.append(s)
             c["sessions_opened"] += 1
-        if not out:  # port exhaustion: the flow's later segments are dropped, counted
-            self.memory.bury(flow, seg.seq if seg.flags & SYN else -1, now, "port_exhausted")
-            return out
-        self.flows[flow] = out
-        return [s for s in out if not s.ended]
+        live = [s for s in out if not s.ended]  # (-m may evict a copy made just before)
+        if not live:  # no port, or evicted at once: later segments are dropped, counted
+            reason = "evicted" if out else "port_exhausted"
+            self.memory.bury(flow, seg.seq if seg.flags & SYN else -1, now, reason)
+            return live
+        self.flows[flow] = live
+        return live
 
     def _in_use(self, key: Key) -> bool:
         # Only live sessions block a 4-tuple: the real client reuses ports as

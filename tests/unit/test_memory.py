@@ -197,3 +197,19 @@ def test_port_exhaustion_is_counted_and_the_session_skipped():
     for pkt in again.captured:
         wire.capture(pkt)
     assert [line for _p, line in target.log] == [b"GET 100 /y"] * 2
+
+
+def test_a_copy_evicted_while_its_flow_opens_is_not_left_in_the_flow():
+    """-n 2 at a cap of 1: opening the second copy evicts the first; the flow must
+    hold only the live copy, and the evicted one must never send again."""
+    eng, target, wire = make(replicas=2, mem_limit=100 * MB)
+    eng.memory.cap = 1
+    cl = client(50000)
+    cl.request(b"GET 100 /z")
+    wire.capture(cl.captured[0])
+    flow = next(iter(eng.flows))
+    assert [s.ended for s in eng.flows[flow]] == [False]
+    assert eng.stats.c["evicted:memory_limit"] == 1
+    for pkt in cl.captured[1:]:
+        wire.capture(pkt)
+    assert len(target.log) == 1  # the live copy's request, once
