@@ -69,7 +69,6 @@ class MemoryGuard:
         self.tomb_max = tomb_max
         self.tomb_ttl = tomb_ttl
         self.rss = 0
-        self.peak_rss = 0
         self.cap: Optional[int] = None
         self._shrunk_at = 0          # the RSS when the cap was last lowered
         self._opened = 0             # sessions opened since the last measurement
@@ -92,8 +91,6 @@ class MemoryGuard:
                 now: float) -> int:
         """A fresh RSS measurement; evicts if needed and returns how many went."""
         self.rss = rss
-        if rss > self.peak_rss:
-            self.peak_rss = rss
         self._opened = 0
         self._buffered_at = buffered
         n = len(sessions)
