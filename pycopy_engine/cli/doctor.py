@@ -22,7 +22,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from pycopy_engine.cli.doctor_probe import probe_from_assistant, probe_via_intercept
+from pycopy_engine.cli.doctor_probe import (
+    probe_from_assistant,
+    probe_via_intercept,
+    seen_as_client,
+)
 from pycopy_engine.io import sysinfo
 from pycopy_engine.wire import control
 from pycopy_engine.wire.tcpip import ACK, SYN, build_ipv4_tcp
@@ -42,6 +46,7 @@ class DoctorOptions:
     port: int = control.DEFAULT_PORT
     deadline: float = 2.0
     probe: bool = True
+    probe_client: str | None = None  # online: --probe-client, the probe's source address
 
 
 class Report:
@@ -137,6 +142,7 @@ def options_from(args: Any) -> DoctorOptions:
         port=port,
         deadline=float(_attr(args, "deadline") or 2.0),
         probe=not _attr(args, "no_probe"),
+        probe_client=_attr(args, "probe_client"),
     )
 
 
@@ -187,7 +193,7 @@ def check_online(o: DoctorOptions, rep: Report) -> None:
             rep.ok("conntrack", f"{count}/{limit} entries ({pct:.0f} %)")
     if not o.targets:
         rep.warn("target", "no target given (-x): route, firewall and probe checks skipped")
-    src = o.clients[0] if o.clients else None
+    src = probe_address(o)
     for thost, tport in o.targets:
         route = sysinfo.route_get(thost)
         if route is None:
@@ -211,11 +217,32 @@ def check_online(o: DoctorOptions, rep: Report) -> None:
             rep.ok(f"firewall to {thost}:{tport}", "no OUTPUT rule drops raw packets to the target")
     if not o.probe:
         return
-    if not (cap and reachable and o.targets and o.clients):
-        rep.warn("probe", "end-to-end probe skipped (needs CAP_NET_RAW, a reachable intercept, "
-                          "-x target and -c client address)")  # fmt: skip
+    if src is None:
+        rep.warn("probe", "end-to-end probe skipped: no probe address; to enable it add "
+                          "--probe-client <an unused address of the clients' network, routed "
+                          "via the assistant on the target> (or -c; Ansible: "
+                          "pycopy_probe_address)")  # fmt: skip
         return
-    probe_via_intercept(o, rep, reachable[0], o.targets[0], o.clients[0])
+    if not (cap and reachable and o.targets):
+        rep.warn("probe", "end-to-end probe skipped (needs CAP_NET_RAW, a reachable intercept "
+                          "and an -x target)")  # fmt: skip
+        return
+    if seen_as_client(src, min(1.0, o.deadline / 2)):
+        rep.warn("probe", f"end-to-end probe skipped: {src} is a real client (it sends to this "
+                          "host now); with a route missing the target's SYN-ACK would reach it",
+                 "--probe-client <an address of the clients' network that no client uses>")  # fmt: skip
+        return
+    probe_via_intercept(o, rep, reachable[0], o.targets[0], src)
+
+
+def probe_address(o: DoctorOptions) -> str | None:
+    """The probe's source: --probe-client, else the first -c address, else none.
+
+    Never an address picked from the capture: with a route missing, the
+    target's SYN-ACK would reach that real client."""
+    if o.probe_client:
+        return o.probe_client
+    return o.clients[0] if o.clients else None
 
 
 # -- assistant ------------------------------------------------------------------------------
@@ -350,6 +377,15 @@ def run_doctor(role: str, args: Any, out: TextIO | None = None) -> int:
     return 1 if rep.failed else 0
 
 
+def probe_client_arg(text: str) -> str:
+    """``--probe-client``: one IPv4 address (argparse exits 2 naming it otherwise)."""
+    try:
+        socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: not an IPv4 address") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pycopy doctor", description=__doc__.split("\n\n")[0])
     p.add_argument("--role", choices=ROLES, required=True)
@@ -364,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--port", type=int, default=control.DEFAULT_PORT)
     p.add_argument("--deadline", type=float, default=2.0, help="seconds to wait for answers")
     p.add_argument("--no-probe", action="store_true", help="skip the end-to-end probe")
+    p.add_argument("--probe-client", type=probe_client_arg, metavar="ADDR",
+                   help="online: source address of the end-to-end probe (an unused address of "
+                        "the clients' network, routed via the assistant); default: first -c")
     return p
 
 

@@ -51,6 +51,33 @@ def _reset(client: str, target: str, cport: int, tport: int, seq: int) -> None:
     _send_raw(pkt, target)
 
 
+def seen_as_client(addr: str, seconds: float) -> bool:
+    """Does ``addr`` send TCP to this host right now (a real client in the capture)?
+
+    Watches inbound IPv4 TCP for ``seconds`` with a raw socket, as tcpcopy's own
+    default capture, filtered in the kernel on the source address."""
+    from pycopy_engine.io.bpf import attach_filter, compile_filter
+
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as s:
+        attach_filter(s, compile_filter(f"tcp and src host {addr}"))
+        s.setblocking(False)
+        want = socket.inet_aton(addr)
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r, _, _ = select.select([s], [], [], left)
+            if not r:
+                return False
+            try:
+                pkt = s.recv(128)
+            except BlockingIOError:
+                continue
+            if len(pkt) >= 20 and pkt[12:16] == want:
+                return True
+
+
 def _probe_port() -> int:
     return random.randint(50000, 59999)
 

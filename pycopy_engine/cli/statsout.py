@@ -11,7 +11,8 @@ from ..core.stats import Stats
 from ..io.loop import Loop
 
 GAUGES = ("sessions_active", "buffered_bytes", "control_queue_bytes", "control_links_up",
-          "routes", "delayed_records", "tcpcopy_links", "capture_kernel_drops")
+          "routes", "delayed_records", "tcpcopy_links", "capture_kernel_drops", "rss_bytes",
+          "session_cap", "evicted_tuples")
 
 
 class StatsOutput:

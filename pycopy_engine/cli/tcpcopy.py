@@ -34,6 +34,11 @@ USAGE_EXAMPLE = """example:
 """
 
 
+def probe_client(text: str) -> str:
+    ipv4(text)
+    return text
+
+
 def parse_maps(text: str) -> List[TargetMap]:
     maps = []
     for item in text.split(","):
@@ -98,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("-f", dest="port_shift", type=opt_type("-f", int_range(0, 31), "must be 0..31"), default=0,
       help="port shift factor for several tcpcopy instances")
     a("-m", dest="mem_mb", type=opt_type("-m", int_range(1), "bad size"), default=2048,
-      help="memory bound in MB: oldest sessions are evicted above it (2048)")
+      help="bound on resident memory in MB: near it, half-open and idle sessions are evicted"
+           " first (2048)")
     a("-M", dest="mtu", type=opt_type("-M", int_range(576, 65535), "bad MTU"), default=1500,
       help="MTU for packets sent to the target (1500)")
     a("-D", dest="mss", type=opt_type("-D", int_range(88, 65495), "bad MSS"), default=1460,
@@ -123,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("-d", dest="daemon", action="store_true", help="run as a daemon")
     a("--uncombined", action="store_true",
       help="intercept sends records one by one (C --disable-combined builds)")
+    a("--probe-client", metavar="ADDR", type=opt_type("--probe-client", probe_client, "bad address"),
+      help="--doctor: source address of the end-to-end probe (an unused address of the clients'"
+           " network, routed via the assistant on the target); default: the first -c address")
     add_common_options(a, "online")
     a("--seed", type=int, default=None, help=argparse.SUPPRESS)
     a("-v", "--version", action="version", version=version_line("tcpcopy"))

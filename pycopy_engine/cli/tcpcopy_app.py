@@ -16,6 +16,7 @@ from ..io import bpf
 from ..io.capture import open_packet_capture, open_raw_ip_capture
 from ..io.links import InterceptLinks, LinkError
 from ..io.loop import Loop
+from ..io.procmem import rss_bytes
 from ..io.rawsend import RawSender
 from .common import (
     install_stop_signals,
@@ -30,6 +31,7 @@ from .statsout import StatsOutput
 
 OFFLINE_TAIL = 10.0  # at most this long waiting for responses after the file ends
 ROUND_PORT_STRIDE = 7919  # each -T round moves client ports by this much (prime)
+RSS_INTERVAL = 0.25  # -m: the RSS is measured this often, and after every batch of new sessions
 
 
 class TcpCopyApp:
@@ -114,14 +116,19 @@ class TcpCopyApp:
         self._flush()
 
     def _flush(self) -> None:
+        if self.engine.memory_due():
+            self._check_memory()
         ctl, tx = self.engine.take_output()
+        self._send(ctl, tx)
+        self._arm()
+
+    def _send(self, ctl: List[bytes], tx: List[Tuple[bytes, bytes]]) -> None:
         if ctl:
             self.links.broadcast(ctl)
         if tx:
             send = self.sender.send
             for pkt, dst in tx:
                 send(pkt, dst)
-        self._arm()
 
     def _arm(self) -> None:
         d = self.engine.next_deadline()
@@ -188,14 +195,39 @@ class TcpCopyApp:
         else:
             sys.stderr.write("\n")
 
+    _mem_logged = 0.0
+
+    def _check_memory(self) -> None:
+        """-m: measure the RSS and let the engine evict when it nears the bound."""
+        eng = self.engine
+        now = self.loop.time()
+        n = eng.observe_rss(rss_bytes(), now)
+        mem = eng.memory
+        if n and now - self._mem_logged >= 10.0:
+            self._mem_logged = now
+            self.log.warning("memory: RSS %.1f MB near the -m bound of %d MB: evicted %d "
+                             "session(s), at most %s live now", mem.rss / 1048576.0,
+                             mem.limit >> 20, n, mem.cap)
+        if mem.rss > mem.limit and not eng.active_sessions and not mem.over_warned:
+            mem.over_warned = True
+            self.log.warning("memory: RSS %.1f MB is above the -m bound of %d MB with no "
+                             "session left to evict", mem.rss / 1048576.0, mem.limit >> 20)
+
+    def _memory_tick(self) -> None:
+        self._check_memory()
+        ctl, tx = self.engine.take_output()
+        if ctl or tx:
+            self._send(ctl, tx)
+        self.loop.call_later(RSS_INTERVAL, self._memory_tick)
+
     def _reregister(self, peer) -> None:
-        """A link came back (-L): tell intercept about every live session again."""
-        n = 0
-        for msg in self.engine.registrations():
-            peer.write(msg)
-            n += 1
-        self.log.warning("link to intercept %s restored; %d live session(s) re-registered",
-                         peer.name, n)
+        """A link came back (-L): tell intercept about every live session again, once."""
+        msgs = list(self.engine.registrations())
+        for k in range(0, len(msgs), 4096):  # whole messages, well under the link's buffer
+            peer.write(b"".join(msgs[k:k + 4096]))
+        self.stats.c["control_reregistered"] += len(msgs)
+        self.log.info("link to intercept %s connected again; %d live session(s) re-registered",
+                      peer.name, len(msgs))
 
     def _all_lost(self) -> None:
         self.log.error("all intercept connections lost; exiting (use -L to keep running)")
@@ -233,6 +265,7 @@ class TcpCopyApp:
         if self.replay is not None:
             self.replay.start(self.loop.time())
         self.out.start()
+        self._memory_tick()
         if self.replay is not None and sys.stderr.isatty():
             self._progress_last = (self.loop.time(), 0)
             self.loop.call_later(0.5, self._progress)
@@ -291,6 +324,9 @@ class TcpCopyApp:
                                              sum(self.stats.by_reason("rst_sent").values())),
             "reconnect:%d,for no syn:%d" % (c["reconnect"], c["sessions_fake_syn"]),
             "retransmit:%d" % c["retransmit"],
+            "rss:%.1fMB,session cap:%s,evicted:%d,evicted drops:%d,port exhausted:%d" % (
+                e.memory.rss / 1048576.0, e.memory.cap, c["evicted:memory_limit"],
+                c["drop:evicted"], c["port_exhausted"]),
             "syn cnt:%d,all clt:%d,clt cont:%d" % (c["syn_cnt"], c["clt_packets"], c["clt_content"]),
             "requests:%d, rst by reason: %s" % (c["requests_sent"],
                                                 reasons(self.stats.by_reason("rst_sent"))),

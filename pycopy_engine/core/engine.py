@@ -22,13 +22,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tupl
 from ..errors import WireError
 from ..wire.control import encode_client_add, parse_record
 from ..wire.tcpip import ACK, SYN, parse_ipv4_tcp
-from .mapping import AddressMapper, Key, Sampler, TargetMap, find_map
+from .mapping import AddressMapper, Key, PortExhausted, Sampler, TargetMap, find_map
+from .memory import MemoryGuard
 from .session import Session
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 
-SESSION_OVERHEAD = 3000  # bytes a session costs beyond its buffered payload (measured, rounded up)
 TIME_WAIT = 6.0
 
 
@@ -81,6 +81,7 @@ class Engine:
         self.target_ips = {m.target_ip for m in cfg.maps}
         self.stats.add_gauge("sessions_active", lambda: len(self.sessions))
         self.stats.add_gauge("buffered_bytes", lambda: self.buffered)
+        self.memory = MemoryGuard(cfg.mem_limit, self.stats)  # -m (core/memory.py)
 
     # ------------------------------------------------------------ output
 
@@ -129,6 +130,8 @@ class Engine:
             return
         flow = (seg.src, seg.sport, seg.dst, seg.dport, self.flow_tag)
         sessions = self.flows.get(flow)
+        if sessions is None and self.memory.tombs and self.memory.dead(flow, seg, now):
+            return  # -m: an evicted (or port-exhausted) session is not resurrected
         flags = seg.flags
         if flags & SYN and not flags & ACK:
             c["syn_cnt"] += 1
@@ -176,11 +179,15 @@ class Engine:
     def _open(self, flow: tuple, seg, m: TargetMap, now: float) -> List[Session]:
         c = self.stats.c
         out = []
-        self._enforce_memory(now)
         in_use = self._in_use
         for copy in range(self.cfg.replicas):
-            key, skipped = self.mapper.allocate(seg.src, seg.sport, copy, m.target_ip,
-                                                m.target_port, in_use, self.port_salt)
+            self.memory.before_open(self.sessions, now)  # -m: room under the session cap
+            try:
+                key, skipped = self.mapper.allocate(seg.src, seg.sport, copy, m.target_ip,
+                                                    m.target_port, in_use, self.port_salt)
+            except PortExhausted:
+                c["port_exhausted"] += 1  # every port of that client address is live: skip
+                continue
             if skipped:
                 c["port_collision_avoided"] += skipped
             s = Session(self, flow, copy, key, now)
@@ -188,9 +195,13 @@ class Engine:
             self.time_wait.pop(key, None)
             out.append(s)
             c["sessions_opened"] += 1
-        self.flows[flow] = out
-        self._enforce_memory(now)
-        return [s for s in out if not s.ended]
+        live = [s for s in out if not s.ended]  # (-m may evict a copy made just before)
+        if not live:  # no port, or evicted at once: later segments are dropped, counted
+            reason = "evicted" if out else "port_exhausted"
+            self.memory.bury(flow, seg.seq if seg.flags & SYN else -1, now, reason)
+            return live
+        self.flows[flow] = live
+        return live
 
     def _in_use(self, key: Key) -> bool:
         # Only live sessions block a 4-tuple: the real client reuses ports as
@@ -290,17 +301,15 @@ class Engine:
             if until > now:
                 break
             del tw[key]
-        self._enforce_memory(now)
+        self.memory.expire(now)
 
-    def memory_estimate(self) -> int:
-        return len(self.sessions) * SESSION_OVERHEAD + self.buffered
+    def memory_due(self) -> bool:
+        """-m: should the io layer measure the RSS now?  (core/memory.py)"""
+        return self.memory.due(self.buffered)
 
-    def _enforce_memory(self, now: float) -> None:
-        limit = self.cfg.mem_limit
-        while self.sessions and self.memory_estimate() > limit:
-            oldest = next(iter(self.sessions.values()))
-            self.stats.c["evicted:memory_limit"] += 1
-            self._guard(oldest, now, oldest.end, now, "memory_limit")
+    def observe_rss(self, rss: int, now: float) -> int:
+        """-m: a fresh RSS measurement; evicts when near the bound, returns how many."""
+        return self.memory.observe(rss, self.sessions, self.buffered, now)
 
     # ------------------------------------------------------------ ending
 

@@ -16,6 +16,9 @@ Key = Tuple[bytes, int, bytes, int]  # (client ip, client port, target ip, targe
 
 LOCALHOST = bytes((127, 0, 0, 1))
 PORT_MIN = 1024
+LINEAR_PROBES = 8    # a taken port: try the next ones ...
+RANDOM_PROBES = 64   # ... then random ones, then scan them all before calling it exhausted
+MAX_IP_SLOTS = 16384  # -c: original client IPs remembered round-robin; the rest are hashed
 
 
 @dataclass(frozen=True)
@@ -43,17 +46,25 @@ def wrap_port(port: int) -> int:
     return PORT_MIN + (port - PORT_MIN) % (0x10000 - PORT_MIN)
 
 
+class PortExhausted(Exception):
+    """Every client port of one (client ip, target) pair is held by a live session."""
+
+
 class AddressMapper:
     """Chooses the (client ip, client port) the target sees for each replayed copy.
 
     * ``-c``: each original client IP is bound, round-robin and for the life of
-      the process, to one address of the list (copy *i* uses the next ones).
+      the process, to one address of the list (copy *i* uses the next ones);
+      beyond ``MAX_IP_SLOTS`` original IPs, by a hash of the IP (as stable, and
+      the map's memory stays bounded).
     * ``-H``: a captured 127.0.0.1 source becomes this address.
     * ``-f``: every port is shifted by ``(f << 11) + R``; ``-n``: copy *i* is
       shifted by a further ``(2i - 1) * 32``, R being random per process.
     * The chosen 4-tuple is checked against live sessions (``in_use``) and
       moved to the next free port if taken; each such move is counted by the
-      caller as an avoided collision.
+      caller as an avoided collision.  When no port is free (one NAT'd client,
+      or one ``-c`` address, under load) ``allocate`` raises ``PortExhausted``
+      and the caller skips that copy.
     """
 
     def __init__(self, clt_ips: Sequence[bytes] = (), localhost_ip: Optional[bytes] = None,
@@ -61,6 +72,7 @@ class AddressMapper:
         self.clt_ips = list(clt_ips)
         self.localhost_ip = localhost_ip
         rng = rng or random.Random()
+        self.rng = rng
         self.rand = rng.randrange(512)
         self.shift = (port_shift << 11) + self.rand if port_shift else 0
         self._ip_slot: Dict[bytes, int] = {}
@@ -69,7 +81,10 @@ class AddressMapper:
         if self.clt_ips:
             slot = self._ip_slot.get(orig_ip)
             if slot is None:
-                slot = self._ip_slot[orig_ip] = len(self._ip_slot) % len(self.clt_ips)
+                if len(self._ip_slot) < MAX_IP_SLOTS:
+                    slot = self._ip_slot[orig_ip] = len(self._ip_slot) % len(self.clt_ips)
+                else:  # bounded memory (a flood of spoofed sources): a stable hash instead
+                    slot = zlib.crc32(orig_ip) % len(self.clt_ips)
             return self.clt_ips[(slot + copy) % len(self.clt_ips)]
         if orig_ip == LOCALHOST and self.localhost_ip is not None:
             return self.localhost_ip
@@ -84,18 +99,33 @@ class AddressMapper:
     def allocate(self, orig_ip: bytes, orig_port: int, copy: int, target_ip: bytes,
                  target_port: int, in_use: Callable[[Key], bool],
                  salt: int = 0) -> Tuple[Key, int]:
-        """(key the target will see, number of occupied ports skipped)."""
+        """(key the target will see, number of occupied ports skipped).
+
+        Raises ``PortExhausted`` when every port of that client address is taken."""
         ip = self.client_ip(orig_ip, copy)
         port = self.preferred_port(orig_port, copy, salt)
-        skipped = 0
         key = (ip, port, target_ip, target_port)
-        while in_use(key):
-            skipped += 1
-            if skipped >= 0x10000 - PORT_MIN:
-                raise RuntimeError("no free client port towards the target")
-            port = port + 1 if port < 0xFFFF else PORT_MIN
+        if not in_use(key):
+            return key, 0
+        # Taken: the next few ports, then random ones (a linear walk through a
+        # block of busy ports -- sequential NAT ports, -n copies -- would cost
+        # O(n) per session), then, before giving up, every port once.
+        skipped = 1
+        for i in range(LINEAR_PROBES + RANDOM_PROBES):
+            if i < LINEAR_PROBES:
+                port = port + 1 if port < 0xFFFF else PORT_MIN
+            else:
+                port = self.rng.randrange(PORT_MIN, 0x10000)
             key = (ip, port, target_ip, target_port)
-        return key, skipped
+            if not in_use(key):
+                return key, skipped
+            skipped += 1
+        for port in range(PORT_MIN, 0x10000):
+            key = (ip, port, target_ip, target_port)
+            if not in_use(key):
+                return key, skipped
+            skipped += 1
+        raise PortExhausted(skipped)
 
 
 class Sampler:
@@ -125,6 +155,18 @@ def parse_ip(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
 
 
+def parse_ipv4(text: str) -> bytes:
+    """A dotted IPv4 address; anything else (IPv6 included) is a ValueError."""
+    import ipaddress
+
+    try:
+        return ipaddress.IPv4Address(text).packed
+    except ValueError:
+        if ":" in text:
+            raise ValueError("%r is not an IPv4 address (IPv6 is not supported)" % text) from None
+        raise ValueError("%r is not an IPv4 address" % text) from None
+
+
 def expand_clt_ips(spec: str, target_ips: Sequence[bytes] = ()) -> List[bytes]:
     """``-c`` value: a comma list of IPs, where ``a.b.c.x`` means .1-.254.
 
@@ -137,9 +179,11 @@ def expand_clt_ips(spec: str, target_ips: Sequence[bytes] = ()) -> List[bytes]:
             continue
         if item.endswith(".x"):
             base = item[:-2]
-            out.extend(parse_ip("%s.%d" % (base, i)) for i in range(1, 255))
+            if base.count(".") != 2:
+                raise ValueError("%r: a.b.c.x needs three IPv4 octets before .x" % item)
+            out.extend(parse_ipv4("%s.%d" % (base, i)) for i in range(1, 255))
         else:
-            out.append(parse_ip(item))
+            out.append(parse_ipv4(item))
     out = [ip for ip in out if ip not in target_ips]
     if len(out) > 4096:
         raise ValueError("more than 4096 client addresses")

@@ -6,11 +6,19 @@ connections.  Response frames from any connection go to one callback.  A lost
 connection is logged; with ``lonely`` (-L) it is reconnected with backoff and
 the caller is told so it can re-register its live sessions, otherwise losing
 the last connection is fatal, as in C.
+
+Backoff (-L): each link waits ``BACKOFF_MIN`` before its first retry and twice
+as long after every failed attempt, up to ``max_backoff``.  A connection that
+is accepted and then closed before it was usable (intercept's ``--allow`` or
+``--secret-file`` refused it) counts as a failed attempt: the backoff resets
+only once a link has carried records or stayed up ``stable_after`` seconds.
+The reason is logged when it changes, not at every attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -27,8 +35,11 @@ class LinkError(PycopyError):
     pass
 
 
+BACKOFF_MIN = 0.5
+
+
 class Server:
-    __slots__ = ("host", "port", "peers", "rr", "label")
+    __slots__ = ("host", "port", "peers", "rr", "label", "backoff", "up_at", "usable", "reason")
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -36,6 +47,12 @@ class Server:
         self.peers: List[Optional[Peer]] = []
         self.rr = 0
         self.label = "%s:%d" % (host, port)
+        # per link: the next retry delay, when it came up, whether it proved usable,
+        # and the last failure reason logged
+        self.backoff: List[float] = []
+        self.up_at: List[float] = []
+        self.usable: List[bool] = []
+        self.reason: List[Optional[str]] = []
 
 
 class InterceptLinks:
@@ -44,7 +61,8 @@ class InterceptLinks:
                  combined: bool = True, lonely: bool = False,
                  on_reconnect: Optional[Callable[[Peer], None]] = None,
                  on_all_lost: Optional[Callable[[], None]] = None,
-                 connect_timeout: float = 3.0, max_backoff: float = 12.0,
+                 connect_timeout: float = 3.0, max_backoff: float = 30.0,
+                 stable_after: float = 5.0, min_backoff: float = BACKOFF_MIN,
                  secret: Optional[bytes] = None) -> None:
         self.loop = loop
         self.servers = [Server(h, p) for h, p in servers]
@@ -57,6 +75,8 @@ class InterceptLinks:
         self.on_all_lost = on_all_lost
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
+        self.min_backoff = min_backoff
+        self.stable_after = stable_after
         self.closing = False
         self.secret = secret
         stats.add_gauge("control_queue_bytes", self.queued)
@@ -69,15 +89,17 @@ class InterceptLinks:
         for srv in self.servers:
             for i in range(self.per_server):
                 srv.peers.append(None)
+                srv.backoff.append(self.min_backoff)
+                srv.up_at.append(0.0)
+                srv.usable.append(False)
+                srv.reason.append(None)
                 try:
                     sock = connect(srv.host, srv.port, self.connect_timeout)
                 except OSError as exc:
                     if not self.lonely:
                         raise LinkError("cannot connect to intercept %s (%s)"
                                         % (srv.label, exc.strerror or exc)) from None
-                    log.warning("cannot connect to intercept %s (%s), retrying",
-                                srv.label, exc.strerror or exc)
-                    self._retry(srv, i, 0.5)
+                    self._failed(srv, i, "cannot connect: %s" % (exc.strerror or exc))
                     continue
                 self._attach(srv, i, sock, first=True)
 
@@ -86,9 +108,10 @@ class InterceptLinks:
         peer = Peer(self.loop, sock, srv.label, self._data, self._closed, self.stats)
         peer.tag = (srv, i, dec)
         srv.peers[i] = peer
+        srv.up_at[i] = self.loop.time()
+        srv.usable[i] = False
         peer.write(HELLO)
         if self.secret is not None:
-            import os
             import time
 
             peer.write(encode_auth(self.secret, int(time.time() * 1000), os.urandom(8)))
@@ -97,6 +120,28 @@ class InterceptLinks:
             self.stats.c["control_reconnects"] += 1
             if self.on_reconnect is not None:
                 self.on_reconnect(peer)
+
+    def _failed(self, srv: Server, i: int, reason: str) -> None:
+        """An attempt failed or a link closed: log the reason if it changed, retry later."""
+        delay = srv.backoff[i]
+        srv.backoff[i] = min(delay * 2, self.max_backoff)
+        self.stats.c["control_retries"] += 1
+        if reason != srv.reason[i]:
+            srv.reason[i] = reason
+            log.error("intercept %s (link %d): %s; retrying in %gs, backing off up to %gs",
+                      srv.label, i, reason, delay, self.max_backoff)
+        else:
+            log.debug("intercept %s (link %d): %s again; retrying in %gs", srv.label, i,
+                      reason, delay)
+        self._retry(srv, i, delay)
+
+    def _mark_usable(self, srv: Server, i: int) -> None:
+        if not srv.usable[i]:
+            srv.usable[i] = True
+            srv.backoff[i] = self.min_backoff
+            if srv.reason[i] is not None:
+                log.log(25, "link %d to intercept %s is usable again", i, srv.label)
+            srv.reason[i] = None
 
     def _retry(self, srv: Server, i: int, delay: float) -> None:
         if self.closing:
@@ -107,8 +152,8 @@ class InterceptLinks:
                 return
             try:
                 sock = start_connect(srv.host, srv.port)
-            except OSError:
-                self._retry(srv, i, min(delay * 2, self.max_backoff))
+            except OSError as exc:
+                self._failed(srv, i, "cannot connect: %s" % (exc.strerror or exc))
                 return
             deadline = self.loop.call_later(self.connect_timeout, lambda: done(timed_out=True))
 
@@ -120,7 +165,7 @@ class InterceptLinks:
                     err = connect_error(sock)
                 if err:
                     sock.close()
-                    self._retry(srv, i, min(delay * 2, self.max_backoff))
+                    self._failed(srv, i, "cannot connect: %s" % os.strerror(err))
                     return
                 self._attach(srv, i, sock, first=False)
 
@@ -140,6 +185,10 @@ class InterceptLinks:
             peer.close("protocol error")
             return
         if recs:
+            srv: Server = peer.tag[0]  # type: ignore[index]
+            i: int = peer.tag[1]  # type: ignore[index]
+            if not srv.usable[i] and srv.peers[i] is peer:
+                self._mark_usable(srv, i)  # intercept reports to us: it accepted this link
             self.on_records(recs)
 
     def _closed(self, peer: Peer, reason: str) -> None:
@@ -150,11 +199,25 @@ class InterceptLinks:
         if self.closing:
             return
         self.stats.c["control_lost"] += 1
-        log.error("connection to intercept %s lost (%s)", peer.name, reason)
-        if self.lonely:
-            self._retry(srv, i, 0.5)
-        elif self.live_count() == 0 and self.on_all_lost is not None:
-            self.on_all_lost()
+        up_for = self.loop.time() - srv.up_at[i]
+        if not srv.usable[i] and up_for >= self.stable_after:
+            self._mark_usable(srv, i)
+        if not self.lonely:
+            log.error("connection to intercept %s lost (%s)", peer.name, reason)
+            if self.live_count() == 0 and self.on_all_lost is not None:
+                self.on_all_lost()
+            return
+        if srv.usable[i]:
+            log.error("connection to intercept %s lost (%s); retrying in %gs", peer.name, reason,
+                      self.min_backoff)
+            srv.usable[i] = False
+            srv.backoff[i] = min(self.min_backoff * 2, self.max_backoff)
+            self._retry(srv, i, self.min_backoff)
+            return
+        self.stats.c["control_refused"] += 1
+        log.debug("intercept %s (link %d): %s", srv.label, i, reason)
+        self._failed(srv, i, "refused: closed before the link was usable (intercept's --allow or"
+                             " --secret-file?)")
 
     def broadcast(self, msgs: List[bytes]) -> None:
         """Send each message to every intercept, round-robin over that intercept's

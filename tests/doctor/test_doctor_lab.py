@@ -295,3 +295,66 @@ def test_tcpcopy_and_intercept_doctor_entry_points(world: World) -> None:
         assert res.returncode == 1 and "FAIL ip_forward: is 1" in res.stdout
     finally:
         world.lab.sysctl("assistant", "net.ipv4.ip_forward", 0)
+
+
+def tcpcopy_doctor(world: World, *extra: str) -> tuple[int, list[tuple[str, str, str]]]:
+    world.check_intercept()
+    tc = ["-m", "pycopy_engine.cli.tcpcopy", "--doctor", "-x", f"80-{T}:80", "-s", A]
+    res = world.lab.run("online", [sys.executable, *tc, *extra], check=False, timeout=60)
+    assert res.returncode in (0, 1), res.stdout + res.stderr
+    lines = []
+    for line in res.stdout.splitlines():
+        status, rest = line.split(None, 1)
+        check, _, text = rest.partition(": ")
+        lines.append((status, check, text))
+    return res.returncode, lines
+
+
+def test_tcpcopy_doctor_without_a_probe_address_says_how_to_enable_the_probe(world: World) -> None:
+    rc, lines = tcpcopy_doctor(world)
+    assert rc == 0, lines
+    probe = [ln for ln in lines if ln[1].startswith("probe")]
+    assert len(probe) == 1 and probe[0][0] == "WARN", lines  # one line, and no probe sent
+    assert "--probe-client" in probe[0][2] and "pycopy_probe_address" in probe[0][2]
+
+
+def test_tcpcopy_doctor_probes_from_probe_client_and_finds_a_missing_route(world: World) -> None:
+    rc, lines = tcpcopy_doctor(world, "--probe-client", C)
+    assert rc == 0 and "SYN-ACK reported by intercept" in only(lines, "OK", f"probe {C}:")[2]
+    world.lab.run("target", ["ip", "route", "del", f"{C}/32"])
+    try:
+        rc, lines = tcpcopy_doctor(world, "--probe-client", C)
+        assert rc == 1
+        line = only(lines, "FAIL", f"probe {C}:")
+        assert f"routing on the target (no route to {C} via {A})" in line[2]
+    finally:
+        world.lab.run("target", ["ip", "route", "replace", f"{C}/32", "via", A])
+    # -c also gives the probe its address; --probe-client wins over it
+    rc, lines = tcpcopy_doctor(world, "-c", C)
+    assert rc == 0 and only(lines, "OK", f"probe {C}:")
+    rc, lines = tcpcopy_doctor(world, "-c", f"{SUBNET}.77", "--probe-client", C)  # .77: no route
+    assert rc == 0 and only(lines, "OK", f"probe {C}:")
+
+
+def test_doctor_never_probes_from_a_real_client(world: World) -> None:
+    """The client host is talking to online right now: its address is refused as
+    the probe's source (a missing route would send it the target's SYN-ACK)."""
+    online = f"{SUBNET}.11"
+    talker = world.lab.popen("client", [sys.executable, "-c", (
+        "import socket, time\n"
+        "end = time.time() + 30\n"
+        "while time.time() < end:\n"
+        "    try:\n"
+        f"        socket.create_connection(('{online}', 80), timeout=0.2).close()\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    time.sleep(0.02)\n")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        rc, lines = tcpcopy_doctor(world, "--probe-client", C)
+        line = only(lines, "WARN", "probe")
+        assert f"{C} is a real client" in line[2], lines
+        assert not [ln for ln in lines if ln[1].startswith(f"probe {C}:")]  # nothing sent
+    finally:
+        world.lab.stop(talker)
+    rc, lines = tcpcopy_doctor(world, "--probe-client", C)  # quiet again: probed
+    assert rc == 0 and only(lines, "OK", f"probe {C}:")

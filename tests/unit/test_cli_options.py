@@ -61,6 +61,22 @@ def test_bad_client_range_exit_2(capsys):
     assert exc.value.code == 2 and "-c" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value,why", [
+    ("::1", "IPv6 is not supported"),
+    ("2001:db8::10", "IPv6 is not supported"),
+    ("10.0.0.1,fe80::1", "IPv6 is not supported"),
+    ("::ffff:10.0.0.1", "IPv6 is not supported"),
+    ("2001:db8::x", "IPv4"),
+    ("client.example", "not an IPv4 address"),
+])
+def test_client_option_refuses_anything_but_ipv4(value, why, capsys):
+    with pytest.raises(SystemExit) as exc:
+        tcli.main(["-x", "80-1.2.3.4:80", "-s", "1.2.3.4", "-c", value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "option -c" in err and repr(value) in err and why in err, err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["-i", "eth0"], "-F"),
     (["-F", "tcp and src prt 80"], "-F"),

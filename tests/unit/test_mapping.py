@@ -83,3 +83,40 @@ def test_gradual_ramp():
     later = sum(s.keep(IP("10.0.0.10"), p, 49.5) for p in range(5000))
     final = sum(s.keep(IP("10.0.0.10"), p, 200.0) for p in range(5000))
     assert first < 150 and 2200 < later < 2800 and final == 5000
+
+
+def test_allocating_in_a_block_of_busy_ports_is_not_quadratic():
+    """-n 3 over 20,000 sequential client ports (one NAT'd client, a SYN flood):
+    the copies' preferred ports fall inside the block already taken.  A linear
+    walk to the next free port costs ~50 million probes here; the allocator
+    must find each free port in a few probes on average, and never a live one."""
+    m = AddressMapper(rng=random.Random(4))
+    live: set = set()
+    probes = 0
+
+    def in_use(key) -> bool:
+        nonlocal probes
+        probes += 1
+        if probes > 60000 * 20:
+            raise AssertionError("more than 20 probes per allocation on average")
+        return key in live
+
+    t, c = IP("10.0.0.12"), IP("10.0.0.10")
+    for port in range(1024, 21024):
+        for copy in range(3):
+            key, _ = m.allocate(c, port, copy, t, 80, in_use)
+            assert key not in live
+            live.add(key)
+    assert len(live) == 60000
+    assert probes < 60000 * 20, probes
+
+
+def test_client_slot_map_is_bounded_and_stays_sticky():
+    from pycopy_engine.core import mapping
+
+    m = AddressMapper([IP("10.5.0.1"), IP("10.5.0.2"), IP("10.5.0.3")])
+    sources = [bytes([11, i >> 16 & 255, i >> 8 & 255, i & 255]) for i in range(40000)]
+    first = [m.client_ip(x) for x in sources]
+    assert len(m._ip_slot) == mapping.MAX_IP_SLOTS  # a spoofed flood cannot grow it further
+    assert [m.client_ip(x) for x in sources] == first  # every source keeps its address
+    assert {first.count(ip) for ip in set(first)} <= set(range(12000, 15000))  # all used
