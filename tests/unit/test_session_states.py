@@ -47,8 +47,10 @@ def scenarios():
     replay(wire, conversation(3, close=False)[0].captured[3:])
     eng.shutdown(wire.now)
     out.append(eng)
-    eng, target, wire = make(mem_limit=1)  # evicted before its SYN went out
+    eng, target, wire = make(replicas=2, mem_limit=100 << 20)  # -n 2 at a session cap of 1:
+    eng.memory.cap = 1  # opening the second copy evicts the first before its SYN went out
     wire.capture(conversation(1)[0].captured[0])
+    assert eng.stats.c["evicted:memory_limit"] == 1
     out.append(eng)
     eng, target, wire = make()  # the target resets our SYN while requests wait: rebuild
     cl = conversation(2, close=False)[0]
