@@ -41,7 +41,9 @@ def playbook(args: list[str], env: dict[str, str] | None = None, timeout: float 
 
 
 @pytest.mark.skipif(not Path("/etc/debian_version").exists(), reason="expects a Debian-family machine")
-def test_interpreter_play_probes_this_machine_and_facts_follow(tmp_path):
+@pytest.mark.parametrize("play", ["local_interpreter.yml", "local_platform.yml"])
+def test_interpreter_probe_on_this_machine_and_facts_follow(tmp_path, play):
+    """interpreter.yml alone, and the preflight's platform check on a host without facts."""
     out = tmp_path / "chosen.json"
     inventory = tmp_path / "hosts.json"
     host = {"ansible_connection": "local", "ansible_become": False, "t_out": str(out)}
@@ -55,7 +57,7 @@ def test_interpreter_play_probes_this_machine_and_facts_follow(tmp_path):
             }
         )
     )
-    result = playbook(["-i", str(inventory), "tests/ansible/platforms/local_interpreter.yml"])
+    result = playbook(["-i", str(inventory), f"tests/ansible/platforms/{play}"])
     assert result.returncode == 0, tail(result)
     chosen = json.loads(out.read_text())
     # The system python3 (it has the apt bindings), not the Python running Ansible.
