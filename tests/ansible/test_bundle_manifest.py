@@ -28,7 +28,13 @@ def deb(debs: Path, package: str, arch: str) -> None:
         "Maintainer: pycopy tests <tests@example.invalid>\nDescription: test package\n"
     )
     subprocess.run(
-        ["dpkg-deb", "--build", "--root-owner-group", str(tree), str(debs / f"{package}_1.0_{arch}.deb")],
+        [
+            "dpkg-deb",
+            "--build",
+            "--root-owner-group",
+            str(tree),
+            str(debs / f"{package}_1.0_{arch}.deb"),
+        ],
         check=True,
         capture_output=True,
     )
@@ -48,13 +54,27 @@ def staging(tmp_path: Path, wheels: list[str], debs: list[tuple[str, str]]) -> P
 
 def finish(root: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), str(root), "--distribution", "Debian", "--release", "12", "--codename", "bookworm"],
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(root),
+            "--distribution",
+            "Debian",
+            "--release",
+            "12",
+            "--codename",
+            "bookworm",
+        ],
         capture_output=True,
         text=True,
     )
 
 
-PURE = ["pycopy_engine-0.1.0-py3-none-any.whl", "scapy-2.6.1-py3-none-any.whl", "pip-25.0-py3-none-any.whl"]
+PURE = [
+    "pycopy_engine-0.1.0-py3-none-any.whl",
+    "scapy-2.6.1-py3-none-any.whl",
+    "pip-25.0-py3-none-any.whl",
+]
 
 
 def test_manifest_records_release_and_architecture_of_the_os_packages(tmp_path):
@@ -65,7 +85,10 @@ def test_manifest_records_release_and_architecture_of_the_os_packages(tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((root / "manifest.json").read_text())
     os_part = manifest["os"]
-    assert {k: os_part[k] for k in ("distribution", "release", "codename", "architecture", "dpkg_architecture")} == {
+    assert {
+        k: os_part[k]
+        for k in ("distribution", "release", "codename", "architecture", "dpkg_architecture")
+    } == {
         "distribution": "Debian",
         "release": "12",
         "codename": "bookworm",
@@ -74,7 +97,11 @@ def test_manifest_records_release_and_architecture_of_the_os_packages(tmp_path):
     }
     assert {p["package"] for p in os_part["packages"]} == {"libpcap0.8", "tzdata"}
     assert manifest["controller"]["collections"] == [
-        {"name": "ansible.posix", "version": "2.1.0", "file": "controller/collections/ansible-posix-2.1.0.tar.gz"}
+        {
+            "name": "ansible.posix",
+            "version": "2.1.0",
+            "file": "controller/collections/ansible-posix-2.1.0.tar.gz",
+        }
     ]
     assert manifest["controller"]["wheels"][0]["name"] == "ansible_core"
     assert "controller/collections/ansible-posix-2.1.0.tar.gz" in manifest["sha256"]

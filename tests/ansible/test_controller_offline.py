@@ -39,7 +39,9 @@ def test_packed_collection_installs_offline_and_is_usable(tmp_path):
         env={**isolated, "ANSIBLE_COLLECTIONS_PATH": str(target)},
         timeout=120,
     )
-    assert "ansible.posix.firewalld" not in before.stdout  # hidden: the install below is what counts
+    assert (
+        "ansible.posix.firewalld" not in before.stdout
+    )  # hidden: the install below is what counts
     install = subprocess.run(
         ["ansible-galaxy", "collection", "install", "--offline", "-p", str(target), str(archive)],
         capture_output=True,

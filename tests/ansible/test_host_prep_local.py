@@ -40,7 +40,9 @@ def playbook(args: list[str], env: dict[str, str] | None = None, timeout: float 
     )
 
 
-@pytest.mark.skipif(not Path("/etc/debian_version").exists(), reason="expects a Debian-family machine")
+@pytest.mark.skipif(
+    not Path("/etc/debian_version").exists(), reason="expects a Debian-family machine"
+)
 @pytest.mark.parametrize("play", ["local_interpreter.yml", "local_platform.yml"])
 def test_interpreter_probe_on_this_machine_and_facts_follow(tmp_path, play):
     """interpreter.yml alone, and the preflight's platform check on a host without facts."""
@@ -120,9 +122,13 @@ def test_without_chronyd_the_bound_still_applies(tmp_path):
 
 
 def test_lab_setting_turns_the_timeout_into_a_warning(tmp_path):
-    result, _ = wait(["-e", "host_prep_time_sync_required=false"], env=fake_chronyc(tmp_path, UNSYNCED))
+    result, _ = wait(
+        ["-e", "host_prep_time_sync_required=false"], env=fake_chronyc(tmp_path, UNSYNCED)
+    )
     assert result.returncode == 0, tail(result)
-    assert "WARNING: The clock of localhost is not synchronised after 3 s" in " ".join(result.stdout.split())
+    assert "WARNING: The clock of localhost is not synchronised after 3 s" in " ".join(
+        result.stdout.split()
+    )
 
 
 def test_synchronised_clock_passes_at_once(tmp_path):

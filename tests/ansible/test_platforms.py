@@ -20,7 +20,9 @@ import pytest
 from .conftest import REPO, tail, tool_env
 
 
-def run_with(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+def run_with(
+    cmd: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         cmd, cwd=REPO, env={**tool_env(), **env}, capture_output=True, text=True, timeout=timeout
     )
@@ -77,7 +79,9 @@ HOSTS = {
         {"host_prep_el_repo_baseurl": "file:///mnt/rhel8", "offline_bundle": "/b.tar.gz"},
     ),
     "rocky8": (
-        facts("Rocky", "8.9", "Green Obsidian", "RedHat", "3.9.18", python_path="/usr/bin/python3.9"),
+        facts(
+            "Rocky", "8.9", "Green Obsidian", "RedHat", "3.9.18", python_path="/usr/bin/python3.9"
+        ),
         probe("rocky", "8.9", "/usr/bin/python3.9 3.9", "/usr/bin/python3 3.6"),
         ["libpcap"],
         BOOKWORM_BUNDLE,
@@ -182,7 +186,16 @@ def verdicts(tmp_path_factory):
     return found
 
 
-ACCEPTED = ["rhel8", "rocky8", "alma9", "stream9", "ubuntu2204", "ubuntu2404", "debian12", "debian12arm"]
+ACCEPTED = [
+    "rhel8",
+    "rocky8",
+    "alma9",
+    "stream9",
+    "ubuntu2204",
+    "ubuntu2404",
+    "debian12",
+    "debian12arm",
+]
 
 
 @pytest.mark.parametrize("host", ACCEPTED)
@@ -243,7 +256,10 @@ def test_other_platforms_use_the_system_python(verdicts, host, key):
 def test_a_host_without_python3_is_refused(verdicts):
     refused = verdicts["nopython"]["interpreter"]
     assert refused["verdict"] == "refused"
-    assert "has no\n" not in refused["message"] and "/usr/bin/python3 of version 3.8" in refused["message"]
+    assert (
+        "has no\n" not in refused["message"]
+        and "/usr/bin/python3 of version 3.8" in refused["message"]
+    )
 
 
 def test_el8_uses_commands_where_the_modules_need_platform_python(verdicts):
@@ -253,7 +269,10 @@ def test_el8_uses_commands_where_the_modules_need_platform_python(verdicts):
     for host in ("rhel8", "rocky8", "alma9", "stream9"):
         packages = verdicts[host]["packages"]
         assert packages["libpcap"] == "libpcap"
-        assert (packages["chrony_service"], packages["chrony_config"]) == ("chronyd", "/etc/chrony.conf")
+        assert (packages["chrony_service"], packages["chrony_config"]) == (
+            "chronyd",
+            "/etc/chrony.conf",
+        )
 
 
 def test_ubuntu_2404_names_the_t64_library(verdicts):
@@ -270,7 +289,10 @@ def test_el_packages_come_from_the_site_repository(verdicts):
 
 def test_bundle_packages_install_only_on_their_release_and_architecture(verdicts):
     assert verdicts["debian12"]["packages"]["source"] == "bundle"
-    for host, shown in (("ubuntu2204", "Ubuntu 22.04 (jammy) x86_64"), ("debian12arm", "Debian 12.8 (bookworm) aarch64")):
+    for host, shown in (
+        ("ubuntu2204", "Ubuntu 22.04 (jammy) x86_64"),
+        ("debian12arm", "Debian 12.8 (bookworm) aarch64"),
+    ):
         refused = verdicts[host]["packages"]
         assert refused["source"] == "refused", host
         message = " ".join(refused["message"].split())
@@ -289,4 +311,3 @@ def test_el_bundle_without_site_repository_is_refused(verdicts):
 def test_nothing_missing_or_online_hosts_need_no_bundle(verdicts):
     assert verdicts["stream9"]["packages"]["source"] == "none"
     assert verdicts["ubuntu2404"]["packages"]["source"] == "host"
-

@@ -74,7 +74,11 @@ def controller_part(root: Path) -> dict[str, object]:
     for collection in sorted((root / "controller" / "collections").glob("*.tar.gz")):
         namespace, name, version = collection.name[: -len(".tar.gz")].rsplit("-", 2)
         part["collections"].append(  # type: ignore[union-attr]
-            {"name": f"{namespace}.{name}", "version": version, "file": f"controller/collections/{collection.name}"}
+            {
+                "name": f"{namespace}.{name}",
+                "version": version,
+                "file": f"controller/collections/{collection.name}",
+            }
         )
     for wheel in sorted((root / "controller" / "wheels").glob("*.whl")):
         name, version = wheel_name_version(wheel)

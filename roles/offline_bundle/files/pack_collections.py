@@ -37,7 +37,9 @@ def installed(name: str) -> tuple[Path, str]:
         if name in collections:
             namespace, short = name.split(".")
             return Path(path) / namespace / short, collections[name]["version"]
-    raise SystemExit(f"collection {name} is not installed on this machine (ansible-galaxy collection list)")
+    raise SystemExit(
+        f"collection {name} is not installed on this machine (ansible-galaxy collection list)"
+    )
 
 
 def add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -74,7 +76,9 @@ def pack(source: Path, dest: Path) -> int:
             data = path.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             if digest != entry["chksum_sha256"]:
-                raise SystemExit(f"{path}: sha256 {digest} differs from FILES.json; reinstall the collection")
+                raise SystemExit(
+                    f"{path}: sha256 {digest} differs from FILES.json; reinstall the collection"
+                )
             add_bytes(archive, name, data, 0o755 if path.stat().st_mode & 0o111 else 0o644)
             count += 1
     return count
