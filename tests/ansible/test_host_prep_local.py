@@ -137,3 +137,26 @@ def test_synchronised_clock_passes_at_once(tmp_path):
     assert "localhost: clock synchronised (C0000201,192.0.2.1,3," in result.stdout
     assert "not synchronised" not in result.stdout
     assert elapsed < 30
+
+
+@pytest.mark.skipif(
+    not Path("/etc/debian_version").exists(), reason="expects a Debian-family machine"
+)
+def test_whole_role_in_check_mode_on_this_machine(tmp_path):
+    """Every branch this Debian machine takes runs (firewall probe, SELinux absent, chrony) and nothing changes."""
+    marker = Path("/var/lib/pycopy/host_prep-selinux.json")
+    existed = marker.exists()
+    result = playbook(
+        [
+            "--check",
+            "-i",
+            "localhost,",
+            "-e",
+            "ansible_python_interpreter=/usr/bin/python3",
+            "tests/ansible/platforms/check_local.yml",
+        ]
+    )
+    assert result.returncode == 0, tail(result)
+    assert "failed=0" in result.stdout
+    assert "SELinux is not present or disabled on localhost" in result.stdout
+    assert marker.exists() == existed
