@@ -62,6 +62,9 @@ BOOKWORM_BUNDLE = {
     }
 }
 
+# An air-gapped host: deploys from a bundle, with the site's NTP server.
+AIR_GAPPED = {"offline_bundle": "/b.tar.gz", "host_prep_chrony_servers": ["10.1.2.3"]}
+
 # host: (facts, raw probe lines, missing packages, bundle manifest, extra vars)
 HOSTS = {
     "centos7": (
@@ -76,7 +79,7 @@ HOSTS = {
         probe("rhel", "8.10", "/usr/bin/python3 3.6"),
         ["libpcap", "chrony"],
         BOOKWORM_BUNDLE,
-        {"host_prep_el_repo_baseurl": "file:///mnt/rhel8", "offline_bundle": "/b.tar.gz"},
+        {"host_prep_el_repo_baseurl": "file:///mnt/rhel8", **AIR_GAPPED},
     ),
     "rocky8": (
         facts(
@@ -85,7 +88,7 @@ HOSTS = {
         probe("rocky", "8.9", "/usr/bin/python3.9 3.9", "/usr/bin/python3 3.6"),
         ["libpcap"],
         BOOKWORM_BUNDLE,
-        {"offline_bundle": "/b.tar.gz"},
+        AIR_GAPPED,
     ),
     "alma9": (
         facts("AlmaLinux", "9.4", "Seafoam Ocelot", "RedHat", "3.9.18"),
@@ -106,7 +109,7 @@ HOSTS = {
         probe("ubuntu", "22.04", "/usr/bin/python3 3.10"),
         ["libpcap0.8"],
         BOOKWORM_BUNDLE,
-        {"offline_bundle": "/b.tar.gz"},
+        AIR_GAPPED,
     ),
     "ubuntu2404": (
         facts("Ubuntu", "24.04", "noble", "Debian", "3.12.3"),
@@ -127,14 +130,14 @@ HOSTS = {
         probe("debian", "12", "/usr/bin/python3 3.11"),
         ["libpcap0.8", "chrony"],
         BOOKWORM_BUNDLE,
-        {"offline_bundle": "/b.tar.gz"},
+        AIR_GAPPED,
     ),
     "debian12arm": (
         facts("Debian", "12.8", "bookworm", "Debian", "3.11.2", arch="aarch64"),
         probe("debian", "12", "/usr/bin/python3 3.11", arch="aarch64"),
         ["libpcap0.8"],
         BOOKWORM_BUNDLE,
-        {"offline_bundle": "/b.tar.gz"},
+        AIR_GAPPED,
     ),
     "fedora40": (
         facts("Fedora", "40", "", "RedHat", "3.12.4"),
@@ -142,6 +145,13 @@ HOSTS = {
         [],
         {},
         {},
+    ),
+    "airgapped_no_ntp": (
+        facts("Debian", "12.8", "bookworm", "Debian", "3.11.2"),
+        probe("debian", "12", "/usr/bin/python3 3.11"),
+        [],
+        BOOKWORM_BUNDLE,
+        {"offline_bundle": "/b.tar.gz"},
     ),
     "nopython": (
         facts("Debian", "12.8", "bookworm", "Debian", "3.11.2"),
@@ -251,6 +261,16 @@ def test_other_platforms_use_the_system_python(verdicts, host, key):
     chosen = verdicts[host]["interpreter"]
     assert chosen["interpreter"] == "/usr/bin/python3" and chosen["install"] == ""
     assert chosen["gpgkey"].endswith(key) if key else chosen["gpgkey"] == ""
+
+
+def test_an_air_gapped_host_without_ntp_servers_is_refused(verdicts):
+    refused = verdicts["airgapped_no_ntp"]["platform"]
+    assert refused["verdict"] == "refused"
+    message = " ".join(refused["message"].split())
+    assert message.startswith(
+        "host_prep_chrony_servers is empty, but airgapped_no_ntp is air-gapped"
+    )
+    assert "Nothing was changed" in message
 
 
 def test_a_host_without_python3_is_refused(verdicts):
