@@ -90,6 +90,20 @@ HOSTS = {
         BOOKWORM_BUNDLE,
         AIR_GAPPED,
     ),
+    "alma8": (
+        facts(
+            "AlmaLinux",
+            "8.10",
+            "Cerulean Leopard",
+            "RedHat",
+            "3.12.3",
+            python_path="/usr/bin/python3.12",
+        ),
+        probe("almalinux", "8.10", "/usr/bin/python3 3.6"),
+        [],
+        {},
+        {"host_prep_el8_python_package": "python39"},
+    ),
     "alma9": (
         facts("AlmaLinux", "9.4", "Seafoam Ocelot", "RedHat", "3.9.18"),
         probe("almalinux", "9.4", "/usr/bin/python3.11 3.11", "/usr/bin/python3 3.9"),
@@ -233,17 +247,41 @@ def test_debian11_and_fedora_are_refused(verdicts):
 
 def test_el8_without_python39_installs_one_from_the_site_repository(verdicts):
     chosen = verdicts["rhel8"]["interpreter"]
+    command = chosen.pop("command").split()
     assert chosen == {
         "verdict": "accepted",
         "interpreter": "/usr/bin/python3.12",
         "install": "python3.12",
         "gpgkey": "/etc/pki/rpm-gpg/RPM-GPG-KEY-redhat-release",
     }
+    # Only the media's BaseOS and AppStream, signatures checked with the release key.
+    assert command == [
+        "dnf",
+        "-y",
+        "install",
+        "--disablerepo='*'",
+        "--repofrompath=pycopy-site-1,file:///mnt/rhel8/BaseOS",
+        "--setopt=pycopy-site-1.gpgcheck=1",
+        "--setopt=pycopy-site-1.gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-redhat-release",
+        "--repofrompath=pycopy-site-2,file:///mnt/rhel8/AppStream",
+        "--setopt=pycopy-site-2.gpgcheck=1",
+        "--setopt=pycopy-site-2.gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-redhat-release",
+        "--enablerepo='pycopy-site-*'",
+        "python3.12",
+    ]
+
+
+def test_el8_without_site_repository_installs_from_the_hosts_repositories(verdicts):
+    chosen = verdicts["alma8"]["interpreter"]
+    assert chosen["interpreter"] == "/usr/bin/python3.9"  # derived from python39
+    assert chosen["command"] == "dnf -y install python39"
+    assert chosen["gpgkey"].endswith("RPM-GPG-KEY-AlmaLinux")
 
 
 def test_el8_with_python39_uses_it_and_installs_nothing(verdicts):
     chosen = verdicts["rocky8"]["interpreter"]
     assert chosen["interpreter"] == "/usr/bin/python3.9" and chosen["install"] == ""
+    assert chosen["command"] == ""
     assert chosen["gpgkey"] == "/etc/pki/rpm-gpg/RPM-GPG-KEY-rockyofficial"
 
 
