@@ -75,7 +75,7 @@ def test_engine_wheel_and_its_dependencies_are_inside(bundle):
 
 def test_debian_packages_with_dependencies_and_apt_index(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    packages = {p["package"] for p in manifest["debian"]["packages"]}
+    packages = {p["package"] for p in manifest["os"]["packages"]}
     assert {"libpcap0.8", "chrony"} <= packages
     # Dependencies travel too (resolved against an empty system).
     assert {"libc6", "libedit2", "libgnutls30"} <= packages

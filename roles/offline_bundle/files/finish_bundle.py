@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
 """Finish a pycopy offline bundle: apt index for the .debs, manifest, checksums.
 
-Usage: finish_bundle.py STAGING_DIR
+Usage: finish_bundle.py STAGING_DIR [--distribution Debian --release 12 --codename bookworm]
 
-STAGING_DIR holds wheels/ and debs/. Writes:
+STAGING_DIR holds wheels/, debs/ and optionally controller/ (collections/ and
+wheels/ for the controller's offline install). Writes:
   debs/Packages       flat apt repository index (deb [trusted=yes] file:DIR ./)
-  manifest.json       engine version, Python and Debian contents, sha256 per file
+  manifest.json       engine version, wheels, the OS packages with the exact
+                      release and architecture they fit, the controller's part,
+                      sha256 per file
   SHA256SUMS          the same checksums, for `sha256sum -c` on the hosts
+The hosts' wheels must be pure Python (py3-none-any): they serve every
+platform. The .debs must all be of one architecture (or "all"); the manifest
+records it, and host_prep installs them only on that release and architecture.
 Only the standard library and dpkg-deb are used.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import hashlib
 import json
@@ -49,15 +56,52 @@ def wheel_name_version(wheel: Path) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+# dpkg architecture -> the machine name Ansible reports (ansible_architecture).
+MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Finish a pycopy offline bundle.")
+    parser.add_argument("staging", type=Path)
+    parser.add_argument("--distribution", default="Debian")
+    parser.add_argument("--release", default="12")
+    parser.add_argument("--codename", default="bookworm")
+    return parser.parse_args(argv[1:])
+
+
+def controller_part(root: Path) -> dict[str, object]:
+    part: dict[str, object] = {"collections": [], "wheels": []}
+    for collection in sorted((root / "controller" / "collections").glob("*.tar.gz")):
+        namespace, name, version = collection.name[: -len(".tar.gz")].rsplit("-", 2)
+        part["collections"].append(  # type: ignore[union-attr]
+            {
+                "name": f"{namespace}.{name}",
+                "version": version,
+                "file": f"controller/collections/{collection.name}",
+            }
+        )
+    for wheel in sorted((root / "controller" / "wheels").glob("*.whl")):
+        name, version = wheel_name_version(wheel)
+        part["wheels"].append(  # type: ignore[union-attr]
+            {"name": name, "version": version, "file": f"controller/wheels/{wheel.name}"}
+        )
+    return part
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    root = Path(argv[1])
+    args = parse(argv)
+    root = args.staging
     wheels = sorted((root / "wheels").glob("*.whl"))
     debs = sorted((root / "debs").glob("*.deb"))
     if not any(wheel_name_version(w)[0] == "pycopy_engine" for w in wheels):
         print("no pycopy_engine wheel in the bundle", file=sys.stderr)
+        return 1
+    impure = [w.name for w in wheels if not w.name.endswith("-none-any.whl")]
+    if impure:
+        print(
+            f"wheels that are not pure Python (they would serve one platform only): {', '.join(impure)}",
+            file=sys.stderr,
+        )
         return 1
 
     stanzas, deb_list = [], []
@@ -73,6 +117,11 @@ def main(argv: list[str]) -> int:
             }
         )
     (root / "debs" / "Packages").write_text("\n".join(stanzas), encoding="utf-8")
+    architectures = sorted({d["architecture"] for d in deb_list} - {"all"})
+    if len(architectures) > 1 or (architectures and architectures[0] not in MACHINE):
+        print(f".debs of several or unknown architectures: {architectures}", file=sys.stderr)
+        return 1
+    dpkg_arch = architectures[0] if architectures else ""
 
     files = sorted(
         p for p in root.rglob("*") if p.is_file() and p.name not in ("manifest.json", "SHA256SUMS")
@@ -92,7 +141,15 @@ def main(argv: list[str]) -> int:
             for w in wheels
             for n, v in [wheel_name_version(w)]
         ],
-        "debian": {"suite": "bookworm", "packages": deb_list},
+        "os": {
+            "distribution": args.distribution,
+            "release": args.release,
+            "codename": args.codename,
+            "architecture": MACHINE.get(dpkg_arch, ""),
+            "dpkg_architecture": dpkg_arch,
+            "packages": deb_list,
+        },
+        "controller": controller_part(root),
         "sha256": checksums,
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -105,6 +162,7 @@ def main(argv: list[str]) -> int:
                 "engine": manifest["engine"]["version"],
                 "wheels": len(wheels),
                 "debs": len(debs),
+                "os": f"{args.distribution} {args.release} ({args.codename}) {MACHINE.get(dpkg_arch, '')}",
                 "files": len(checksums),
             }
         )
