@@ -30,7 +30,10 @@ def on(host: str, command: str) -> str:
 
 def tcpcopy_state() -> tuple[str, str]:
     """(is-active, is-enabled) of tcpcopy on the online host."""
-    out = on(ONLINE, "systemctl is-active pycopy-tcpcopy.service; systemctl is-enabled pycopy-tcpcopy.service")
+    out = on(
+        ONLINE,
+        "systemctl is-active pycopy-tcpcopy.service; systemctl is-enabled pycopy-tcpcopy.service",
+    )
     lines = (out.splitlines() + ["", ""])[:2]
     return lines[0], lines[1]
 
@@ -92,11 +95,15 @@ def test_a_good_deploy_replicates(lab):
 def test_failure_on_the_target_in_a_shared_play_stops_tcpcopy(lab, host_vars):
     start_tcpcopy_as_a_previous_deploy_left_it()
     # The target alone cannot stage the bundle (its directory's parent is a file).
-    extra = host_vars("all:\n  hosts:\n    lab-target:\n      offline_bundle_dest: /etc/hostname/bundle\n")
+    extra = host_vars(
+        "all:\n  hosts:\n    lab-target:\n      offline_bundle_dest: /etc/hostname/bundle\n"
+    )
     result = run([*REPLAY[:3], *extra, REPLAY[3]], timeout=900)
     out = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0, tail(result)
-    assert "DEPLOY FAILED: task 'Create the bundle directory' failed on lab-target" in out, tail(result)
+    assert "DEPLOY FAILED: task 'Create the bundle directory' failed on lab-target" in out, tail(
+        result
+    )
     assert "tcpcopy stopped and disabled on: lab-online" in out
     assert "No replication is left running by this run" in out
     assert tcpcopy_state() == ("inactive", "disabled")

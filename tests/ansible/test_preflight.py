@@ -27,18 +27,28 @@ PREFLIGHT = REPO / "playbooks" / "preflight.yml"
 BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
     "example_inventory": (
         ["-i", str(REPO / "inventory" / "production"), "-e", "target=192.0.2.12:8080"],
-        ["pycopy_address of web1.example.net is '192.0.2.11'", "documentation", "Fix: set pycopy_address"],
+        [
+            "pycopy_address of web1.example.net is '192.0.2.11'",
+            "documentation",
+            "Fix: set pycopy_address",
+        ],
     ),
     "no_groups": (
         ["-i", "localhost,", "-e", "target=10.77.1.12:8080"],
         ["groups online, target and assistant", "Fix: pass your inventory with -i"],
     ),
     "target_missing": (["-e", "target="], ["target is ''", "Fix: run with -e target=IP:PORT"]),
-    "target_not_ip_port": (["-e", "target=test1:8080"], ["target is 'test1:8080'", "Fix: run with -e target=IP:PORT"]),
+    "target_not_ip_port": (
+        ["-e", "target=test1:8080"],
+        ["target is 'test1:8080'", "Fix: run with -e target=IP:PORT"],
+    ),
     "target_not_in_target_group": (
         ["-e", "target=10.77.1.99:8080"],
-        ["The IP in target (10.77.1.99:8080) is not the pycopy_address of a host of group 'target'",
-         "(those are: 10.77.1.12)", "Fix: -e target="],
+        [
+            "The IP in target (10.77.1.99:8080) is not the pycopy_address of a host of group 'target'",
+            "(those are: 10.77.1.12)",
+            "Fix: -e target=",
+        ],
     ),
     "address_not_ip": (
         ["-e", "pycopy_address=web1.example.net"],
@@ -46,14 +56,22 @@ BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "clients_empty": (
         ["-e", json.dumps({"pycopy_client_addresses": []})],
-        ["pycopy_client_addresses (testserver_route_clients on pf-target) is empty", "Fix: set pycopy_client_addresses"],
+        [
+            "pycopy_client_addresses (testserver_route_clients on pf-target) is empty",
+            "Fix: set pycopy_client_addresses",
+        ],
     ),
     "clients_old_placeholder": (
         ["-e", json.dumps({"pycopy_client_addresses": ["192.0.2.0/24"]})],
         ["contains documentation placeholders (RFC 5737): ['192.0.2.0/24']", "Fix: replace them"],
     ),
     "clients_placeholder_198": (
-        ["-e", json.dumps({"pycopy_client_addresses": ["10.77.1.10", "198.51.100.0/24", "10.77.5.0/24"]})],
+        [
+            "-e",
+            json.dumps(
+                {"pycopy_client_addresses": ["10.77.1.10", "198.51.100.0/24", "10.77.5.0/24"]}
+            ),
+        ],
         ["documentation placeholders (RFC 5737): ['198.51.100.0/24']"],
     ),
     "clients_placeholder_203": (
@@ -62,11 +80,17 @@ BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "clients_malformed": (
         ["-e", json.dumps({"pycopy_client_addresses": ["10.77.1.300", "10.77.5.0/24"]})],
-        ["not IPv4 addresses or CIDRs: ['10.77.1.300']", "Fix: write each as a.b.c.d or a.b.c.d/len"],
+        [
+            "not IPv4 addresses or CIDRs: ['10.77.1.300']",
+            "Fix: write each as a.b.c.d or a.b.c.d/len",
+        ],
     ),
     "c_range_not_routed": (
         ["-e", "tcpcopy_client_range=10.77.6.x"],
-        ["does not cover the -c range 10.77.6.x of pf-online", "Fix: add that address or network to pycopy_client_addresses"],
+        [
+            "does not cover the -c range 10.77.6.x of pf-online",
+            "Fix: add that address or network to pycopy_client_addresses",
+        ],
     ),
     "c_range_placeholder": (
         ["-e", "tcpcopy_client_range=192.0.2.x"],
@@ -78,11 +102,17 @@ BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "probe_address_missing": (
         ["-e", "pycopy_probe_address="],
-        ["pycopy_probe_address (tcpcopy_probe_address on pf-online) is ''", "Fix: set pycopy_probe_address"],
+        [
+            "pycopy_probe_address (tcpcopy_probe_address on pf-online) is ''",
+            "Fix: set pycopy_probe_address",
+        ],
     ),
     "probe_address_is_a_host": (
         ["-e", "pycopy_probe_address=10.77.1.12"],
-        ["pycopy_probe_address (tcpcopy_probe_address on pf-online) is '10.77.1.12'", "no real client or host uses"],
+        [
+            "pycopy_probe_address (tcpcopy_probe_address on pf-online) is '10.77.1.12'",
+            "no real client or host uses",
+        ],
     ),
     "probe_address_not_routed": (
         ["-e", "pycopy_probe_address=10.77.9.9"],
@@ -90,19 +120,31 @@ BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "ports_disagree": (
         ["-e", "tcpcopy_intercept_port=4000"],
-        ["tcpcopy_intercept_port on pf-online is 4000, but intercept listens on 36524", "Fix: set only intercept_port"],
+        [
+            "tcpcopy_intercept_port on pf-online is 4000, but intercept listens on 36524",
+            "Fix: set only intercept_port",
+        ],
     ),
     "intercept_target_port_disagrees": (
         ["-e", "intercept_target_port=9999"],
-        ["intercept_target_port is 9999", "target is '10.77.1.12:8080'", "Fix: leave intercept_target_port unset"],
+        [
+            "intercept_target_port is 9999",
+            "target is '10.77.1.12:8080'",
+            "Fix: leave intercept_target_port unset",
+        ],
     ),
     "gateway_not_an_assistant": (
         ["-e", "testserver_route_gateway=10.77.1.50"],
-        ["testserver_route_gateway on pf-target is '10.77.1.50', not the pycopy_address of a host of group 'assistant'"],
+        [
+            "testserver_route_gateway on pf-target is '10.77.1.50', not the pycopy_address of a host of group 'assistant'"
+        ],
     ),
     "intercept_server_not_an_assistant": (
         ["-e", json.dumps({"tcpcopy_intercept_servers": ["10.77.1.50"]})],
-        ["tcpcopy_intercept_servers on pf-online is ['10.77.1.50']", "Fix: leave tcpcopy_intercept_servers"],
+        [
+            "tcpcopy_intercept_servers on pf-online is ['10.77.1.50']",
+            "Fix: leave tcpcopy_intercept_servers",
+        ],
     ),
     "port_shift_out_of_range": (
         ["-e", "tcpcopy_port_shift=40"],
@@ -110,8 +152,10 @@ BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "argument_spec_choice": (
         ["-e", "intercept_state=sideways"],
-        ["role intercept rejects its variables: value of intercept_state must be one of: present, absent, got: sideways",
-         "Fix: give each variable"],
+        [
+            "role intercept rejects its variables: value of intercept_state must be one of: present, absent, got: sideways",
+            "Fix: give each variable",
+        ],
     ),
     "argument_spec_type": (
         ["-e", "tcpcopy_wait_timeout=soon"],
@@ -134,7 +178,8 @@ GOOD_INPUTS: dict[str, list[str]] = {
     "c_range_inside_the_client_networks": ["-e", "tcpcopy_client_range=10.77.5.x"],
     # No pycopy_address anywhere: every role falls back to ansible_host.
     "ansible_host_fallback": [
-        "-i", str(REPO / "tests" / "ansible" / "preflight" / "ansible_host_only.yml"),
+        "-i",
+        str(REPO / "tests" / "ansible" / "preflight" / "ansible_host_only.yml"),
     ],
 }
 
@@ -177,22 +222,30 @@ def test_preflight_rejects_bad_input_naming_variable_and_fix(outcomes, case):
     text = _text(result)
     assert result.returncode != 0, f"{case} passed the preflight:\n{result.stdout[-3000:]}"
     for needle in BAD_INPUTS[case][1]:
-        assert " ".join(needle.split()) in text, f"{case}: {needle!r} not in output:\n{text[-3000:]}"
+        assert " ".join(needle.split()) in text, (
+            f"{case}: {needle!r} not in output:\n{text[-3000:]}"
+        )
 
 
 @pytest.mark.parametrize("case", sorted(GOOD_INPUTS))
 def test_preflight_accepts_a_valid_topology(outcomes, case):
     result = outcomes[f"good:{case}"]
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    recap = result.stdout[result.stdout.rfind("PLAY RECAP"):]
+    recap = result.stdout[result.stdout.rfind("PLAY RECAP") :]
     assert "failed=0" in recap and "pf-online" in recap and "pf-target" in recap
 
 
 def test_replay_stops_in_the_preflight_before_any_host_task():
     # Check mode as a second guard: even a wrongly passing preflight changes nothing here.
     result = run_from_elsewhere(
-        ["-i", str(INVENTORY), "--check", "-e", json.dumps({"pycopy_client_addresses": ["192.0.2.0/24"]}),
-         str(REPO / "playbooks" / "replay.yml")]  # fmt: skip
+        [
+            "-i",
+            str(INVENTORY),
+            "--check",
+            "-e",
+            json.dumps({"pycopy_client_addresses": ["192.0.2.0/24"]}),
+            str(REPO / "playbooks" / "replay.yml"),
+        ]  # fmt: skip
     )
     assert result.returncode != 0
     assert "documentation placeholders" in _text(result)
@@ -207,7 +260,12 @@ def test_replay_stops_in_the_preflight_before_any_host_task():
 )
 def test_playbooks_parse_from_any_directory(playbook):
     result = run_from_elsewhere(
-        ["--syntax-check", "-i", str(REPO / "inventory" / "lab"), str(REPO / "playbooks" / playbook)]
+        [
+            "--syntax-check",
+            "-i",
+            str(REPO / "inventory" / "lab"),
+            str(REPO / "playbooks" / playbook),
+        ]
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
@@ -261,4 +319,3 @@ def test_filters_addresses_and_placeholders(filters):
     assert filters.preflight_network("10.1.2.3") == "10.1.2.3/32"
     assert filters.preflight_network("10.1.2.3/24") == "10.1.2.0/24"
     assert filters.preflight_network("nonsense") == ""
-

@@ -7,7 +7,15 @@ from __future__ import annotations
 import time
 
 import pytest
-from lab_client import DATA, INTERCEPT_PORT, ONLINE_PORT, TARGET_LOG, logged_paths, phase, send_requests
+from lab_client import (
+    DATA,
+    INTERCEPT_PORT,
+    ONLINE_PORT,
+    TARGET_LOG,
+    logged_paths,
+    phase,
+    send_requests,
+)
 
 REQUESTS = 60
 ONLINE2 = "10.242.1.14"
@@ -35,7 +43,9 @@ def _wait_control_links(assistant, peers: list[str], wait: float = 60) -> str:
     deadline = time.monotonic() + wait
     out = ""
     while time.monotonic() < deadline:
-        out = assistant.run("ss -Htn state established '( sport = :%s )'", str(INTERCEPT_PORT)).stdout
+        out = assistant.run(
+            "ss -Htn state established '( sport = :%s )'", str(INTERCEPT_PORT)
+        ).stdout
         if all(f" {p}:" in out for p in peers):
             break
         time.sleep(1)
@@ -62,7 +72,9 @@ def test_both_online_hosts_hold_control_connections(ready):
 
 def test_each_online_host_runs_tcpcopy_with_its_own_port_shift(lab):
     for name, shift in (("online", "1"), ("online2", "2")):
-        argv = lab[name].run("cat /proc/$(systemctl show -p MainPID --value pycopy-tcpcopy.service)/cmdline")
+        argv = lab[name].run(
+            "cat /proc/$(systemctl show -p MainPID --value pycopy-tcpcopy.service)/cmdline"
+        )
         args = argv.stdout.split("\0")
         assert "-f" in args and args[args.index("-f") + 1] == shift, (name, args)
 
@@ -81,7 +93,11 @@ def test_requests_to_each_online_host_reach_the_target(lab, ready, online):
     lines = logged_paths(lab["target"], TARGET_LOG, tag, REQUESTS, wait=30)
     received = {line.split()[2] for line in lines}
     missing = sorted(set(answers) - received)
-    print(f"phase {phase()}: target received {len(set(answers) & received)} of {REQUESTS} from {online}")
-    assert not missing, f"{len(missing)} of {REQUESTS} requests to {online} never reached the target"
+    print(
+        f"phase {phase()}: target received {len(set(answers) & received)} of {REQUESTS} from {online}"
+    )
+    assert not missing, (
+        f"{len(missing)} of {REQUESTS} requests to {online} never reached the target"
+    )
     # Replayed with the client's own address, as TCPCopy does.
     assert {line.split()[3].rsplit(":", 1)[0] for line in lines} == {DATA["client"]}

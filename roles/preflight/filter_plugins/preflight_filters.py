@@ -1,10 +1,10 @@
 """Address filters for the preflight checks (standard library only).
 
-    addr | preflight_ipv4                 -> True for a dotted-quad IPv4 address
-    item | preflight_network              -> "a.b.c.d/len" for an address or CIDR, "" if invalid
-    nets | preflight_documentation        -> the entries that overlap RFC 5737 networks
-    what | preflight_covered_by(nets)     -> True when every address of `what` is in one of nets
-    spec | preflight_client_range         -> the networks a tcpcopy -c value rewrites clients to
+addr | preflight_ipv4                 -> True for a dotted-quad IPv4 address
+item | preflight_network              -> "a.b.c.d/len" for an address or CIDR, "" if invalid
+nets | preflight_documentation        -> the entries that overlap RFC 5737 networks
+what | preflight_covered_by(nets)     -> True when every address of `what` is in one of nets
+spec | preflight_client_range         -> the networks a tcpcopy -c value rewrites clients to
 """
 
 from __future__ import annotations
