@@ -20,7 +20,7 @@ pytestmark = pytest.mark.molecule
 SSH = ["ssh", "-i", "/var/lib/pycopy-lab/pcm/ssh/id_ed25519", "-o", "BatchMode=yes",
        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
        "-o", "LogLevel=ERROR"]  # fmt: skip
-ONLINE, TARGET = "10.242.0.11", "10.242.0.12"
+ONLINE, TARGET, ASSISTANT = "10.242.0.11", "10.242.0.12", "10.242.0.13"
 REPLAY = ["ansible-playbook", "-i", "inventory/lab", "playbooks/replay.yml"]
 
 
@@ -90,6 +90,37 @@ def test_a_good_deploy_replicates(lab):
     assert result.returncode == 0, tail(result)
     assert "target received 20 of 20 probe requests" in result.stdout
     assert tcpcopy_state() == ("active", "enabled")
+
+
+def main_pid(host: str, unit: str) -> str:
+    return on(host, f"systemctl show -p MainPID --value {unit}")
+
+
+def test_an_engine_change_restarts_intercept_and_tcpcopy(lab):
+    # pycopy_engine_changed is the fact replay.yml records when pycopy_engine
+    # notifies "pycopy engine changed"; set here as pycopy_engine would.
+    before = (
+        main_pid(ASSISTANT, "pycopy-intercept.service"),
+        main_pid(ONLINE, "pycopy-tcpcopy.service"),
+    )
+    result = run(
+        [*REPLAY, "--tags", "intercept,tcpcopy", "-e", "pycopy_engine_changed=true"], timeout=900
+    )
+    assert result.returncode == 0, tail(result)
+    after = (
+        main_pid(ASSISTANT, "pycopy-intercept.service"),
+        main_pid(ONLINE, "pycopy-tcpcopy.service"),
+    )
+    assert "0" not in after and all(a != b for a, b in zip(before, after)), (before, after)
+    assert "RUNNING HANDLER [intercept : Restart intercept]" in result.stdout
+    assert "RUNNING HANDLER [tcpcopy : Restart tcpcopy]" in result.stdout
+    # Without the change, nothing restarts.
+    again = run([*REPLAY, "--tags", "intercept,tcpcopy"], timeout=900)
+    assert again.returncode == 0, tail(again)
+    assert (
+        main_pid(ASSISTANT, "pycopy-intercept.service"),
+        main_pid(ONLINE, "pycopy-tcpcopy.service"),
+    ) == after
 
 
 def test_failure_on_the_target_in_a_shared_play_stops_tcpcopy(lab, host_vars):
