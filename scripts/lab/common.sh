@@ -25,9 +25,15 @@ PCM_BR_MGMT="$PCM_PREFIX-mgmt"
 PCM_BR_DATA="$PCM_PREFIX-data"
 
 # host name -> last octet (same on both networks), short tag for link names.
-PCM_HOSTS=(client online target assistant)
-declare -A PCM_OCTET=([client]=10 [online]=11 [target]=12 [assistant]=13)
-declare -A PCM_TAG=([client]=cl [online]=on [target]=tg [assistant]=as)
+# PCM_LAB_HOSTS picks the hosts to boot (default: the four of the topology;
+# online2 is a second online host for the two-feeder layout).
+read -r -a PCM_HOSTS <<<"${PCM_LAB_HOSTS:-client online target assistant}"
+declare -A PCM_OCTET=([client]=10 [online]=11 [target]=12 [assistant]=13 [online2]=14)
+declare -A PCM_TAG=([client]=cl [online]=on [target]=tg [assistant]=as [online2]=o2)
+for _h in "${PCM_HOSTS[@]}"; do
+  [[ -n ${PCM_OCTET[$_h]:-} ]] || { printf '[%s-lab] error: unknown lab host %s\n' "$PCM_PREFIX" "$_h" >&2; exit 2; }
+done
+unset _h
 
 pcm_log() { printf '[%s-lab] %s\n' "$PCM_PREFIX" "$*" >&2; }
 pcm_die() { pcm_log "error: $*"; exit 1; }
@@ -64,4 +70,51 @@ pcm_debian_mirror() {
   fi
   [[ -n $uri ]] || pcm_die "no Debian mirror found in /etc/apt/sources.list.d/debian.sources"
   printf '%s\n' "$uri"
+}
+
+# Start (boot) the container of a host whose network namespace and overlay
+# root already exist; records the nspawn PID in $PCM_STATE_DIR/<host>/nspawn.pid.
+pcm_start_container() {
+  local host="$1" ns machine dir root
+  ns="$(pcm_netns "$host")"
+  machine="$(pcm_machine "$host")"
+  dir="$PCM_STATE_DIR/$host"
+  root="$dir/root"
+  # nspawn --keep-unit uses the cgroup it is started in: give each host its own.
+  (
+    for cg in $(pcm_cgroup_dirs "$host"); do
+      mkdir -p "$cg"
+      echo "$BASHPID" >"$cg/cgroup.procs"
+    done
+    exec 8>&- 9>&-  # do not hold the lab lock for the life of the host
+    export SYSTEMD_NSPAWN_API_VFS_WRITABLE=network
+    exec setsid systemd-nspawn --quiet --register=no --keep-unit --settings=no \
+      --link-journal=no --boot --directory="$root" --machine="$machine" \
+      --hostname="$host" --network-namespace-path="/run/netns/$ns" \
+      --capability=CAP_NET_ADMIN,CAP_NET_RAW --console=read-only \
+      </dev/null >>"$dir/console.log" 2>&1
+  ) &
+  echo "$!" >"$dir/nspawn.pid"
+  pcm_log "booting $machine (pid $!, $PCM_MGMT_NET.${PCM_OCTET[$host]} / $PCM_DATA_NET.${PCM_OCTET[$host]})"
+}
+
+# Wait until each given host accepts SSH (booted far enough for Ansible).
+pcm_wait_ssh() {
+  local key="$PCM_STATE_DIR/ssh/id_ed25519" host addr pid deadline
+  local ssh_opts=(-i "$key" -o BatchMode=yes -o StrictHostKeyChecking=no
+    -o UserKnownHostsFile=/dev/null -o ConnectTimeout=2 -o LogLevel=ERROR)
+  deadline=$((SECONDS + ${PCM_BOOT_TIMEOUT:-90}))
+  for host in "$@"; do
+    addr="$PCM_MGMT_NET.${PCM_OCTET[$host]}"
+    until ssh "${ssh_opts[@]}" "root@$addr" true 2>/dev/null; do
+      pid="$(cat "$PCM_STATE_DIR/$host/nspawn.pid")"
+      if ! kill -0 "$pid" 2>/dev/null; then
+        tail -20 "$PCM_STATE_DIR/$host/console.log" >&2 || true
+        pcm_die "$host: systemd-nspawn exited during boot"
+      fi
+      ((SECONDS < deadline)) || pcm_die "$host: no SSH on $addr after ${PCM_BOOT_TIMEOUT:-90} s"
+      sleep 0.5
+    done
+    pcm_log "$host up ($addr)"
+  done
 }

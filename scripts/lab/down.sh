@@ -78,7 +78,9 @@ for top in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
   done
 done
 
-for host in "${PCM_HOSTS[@]}"; do
-  rm -rf "${PCM_STATE_DIR:?}/$host"
+# Per-host state of every host ever booted (also hosts not in PCM_LAB_HOSTS now).
+for dir in "${PCM_STATE_DIR:?}"/*/; do
+  [[ -d $dir && -f $dir/nspawn.pid || -d $dir/root ]] || continue
+  rm -rf "${dir:?}"
 done
 exit 0

@@ -74,22 +74,7 @@ boot_host() {
   install -m 0600 "$key.pub" "$root/root/.ssh/authorized_keys"
   ssh-keygen -A -f "$root" >/dev/null
 
-  # nspawn --keep-unit uses the cgroup it is started in: give each host its own.
-  (
-    for cg in $(pcm_cgroup_dirs "$host"); do
-      mkdir -p "$cg"
-      echo "$BASHPID" >"$cg/cgroup.procs"
-    done
-    exec 8>&- 9>&-  # do not hold the lab lock for the life of the host
-    export SYSTEMD_NSPAWN_API_VFS_WRITABLE=network
-    exec setsid systemd-nspawn --quiet --register=no --keep-unit --settings=no \
-      --link-journal=no --boot --directory="$root" --machine="$machine" \
-      --hostname="$host" --network-namespace-path="/run/netns/$ns" \
-      --capability=CAP_NET_ADMIN,CAP_NET_RAW --console=read-only \
-      </dev/null >"$dir/console.log" 2>&1
-  ) &
-  echo "$!" >"$dir/nspawn.pid"
-  pcm_log "booting $machine (pid $!, $PCM_MGMT_NET.$octet / $PCM_DATA_NET.$octet)"
+  pcm_start_container "$host"
 }
 
 for host in "${PCM_HOSTS[@]}"; do
@@ -97,19 +82,4 @@ for host in "${PCM_HOSTS[@]}"; do
 done
 
 # Wait until every host accepts SSH (booted far enough for Ansible).
-ssh_opts=(-i "$key" -o BatchMode=yes -o StrictHostKeyChecking=no
-  -o UserKnownHostsFile=/dev/null -o ConnectTimeout=2 -o LogLevel=ERROR)
-deadline=$((SECONDS + ${PCM_BOOT_TIMEOUT:-90}))
-for host in "${PCM_HOSTS[@]}"; do
-  addr="$PCM_MGMT_NET.${PCM_OCTET[$host]}"
-  until ssh "${ssh_opts[@]}" "root@$addr" true 2>/dev/null; do
-    pid="$(cat "$PCM_STATE_DIR/$host/nspawn.pid")"
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -20 "$PCM_STATE_DIR/$host/console.log" >&2 || true
-      pcm_die "$host: systemd-nspawn exited during boot"
-    fi
-    ((SECONDS < deadline)) || pcm_die "$host: no SSH on $addr after ${PCM_BOOT_TIMEOUT:-90} s"
-    sleep 0.5
-  done
-  pcm_log "$host up ($addr)"
-done
+pcm_wait_ssh "${PCM_HOSTS[@]}"
