@@ -170,3 +170,29 @@ def test_sigkill_leaves_the_rule_and_the_next_start_removes_it(lab, cloud, workd
     finally:
         assert tc2.stop() == 0
     assert not rule_present(lab)
+
+
+def test_iptables_form_and_amplification(lab, cloud, logs, workdir, monkeypatch):
+    """Where nft is absent the rule is an iptables chain in the raw table; -n 3 gives
+    each copy its own pool port."""
+    monkeypatch.setenv("PYCOPY_DROP_BACKEND", "iptables")
+    tc = own_address(lab, workdir, name="tcpcopy-own-ipt", extra=["-n", "3"])
+    try:
+        assert not rule_present(lab)
+        chain = lab.run("online", ["iptables", "-t", "raw", "-S", "PYCOPY_NOASSIST"]).stdout
+        assert chain.count("-j DROP") >= 1 and f"-s {lab.ip['target']}/32" in chain, chain
+        res = run_client(lab, requests=200, connections=4, mode="close", tag="oamp")
+        assert res["ok"] == 200
+        deadline = time.monotonic() + 30
+        while (len([r for r in logs("target") if "/oamp/" in r["path"]]) < 600
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        target = [r for r in logs("target") if "/oamp/" in r["path"]]
+        assert len(target) == 600
+        assert len({r["client_port"] for r in target}) == 600  # a pool port per copy
+        assert {r["client_ip"] for r in target} == {lab.ip["online"]}
+    finally:
+        assert tc.stop() == 0
+    assert lab.run("online", ["iptables", "-t", "raw", "-S", "PYCOPY_NOASSIST"],
+                   check=False).returncode != 0
+    assert "PYCOPY_NOASSIST" not in lab.run("online", ["iptables", "-t", "raw", "-S"]).stdout
