@@ -128,3 +128,28 @@ def install(targets: Sequence[tuple[str, int]], own: Sequence[str],
             remove()
             raise DropRuleError(f"iptables {' '.join(step)}: {res.stderr.strip()}")
     return which, stale
+
+
+def installed_intervals() -> list[tuple[int, int]]:
+    """The pool intervals of the installed rule (nft or iptables form), read back."""
+    out: list[tuple[int, int]] = []
+    if shutil.which("nft"):
+        res = _run(["nft", "list", "table", "ip", TABLE])
+        if res.returncode == 0:
+            for line in res.stdout.splitlines():
+                if "tcp dport" not in line:
+                    continue
+                spec = line.split("tcp dport", 1)[1].strip()
+                spec = spec[1:spec.index("}")] if spec.startswith("{") else spec.split()[0]
+                for item in spec.split(","):
+                    a, _, b = item.strip().partition("-")
+                    out.append((int(a), int(b or a)))
+    if shutil.which("iptables"):
+        res = _run(["iptables", "-w", "-t", "raw", "-S", CHAIN])
+        if res.returncode == 0:
+            for line in res.stdout.splitlines():
+                words = line.split()
+                if "--dport" in words:
+                    a, _, b = words[words.index("--dport") + 1].partition(":")
+                    out.append((int(a), int(b or a)))
+    return out

@@ -196,3 +196,38 @@ def test_iptables_form_and_amplification(lab, cloud, logs, workdir, monkeypatch)
     assert lab.run("online", ["iptables", "-t", "raw", "-S", "PYCOPY_NOASSIST"],
                    check=False).returncode != 0
     assert "PYCOPY_NOASSIST" not in lab.run("online", ["iptables", "-t", "raw", "-S"]).stdout
+
+
+def _doctor(lab):
+    import sys
+
+    res = lab.run("online", [sys.executable, "-m", "pycopy_engine.cli.tcpcopy", "--doctor",
+                             "-x", f"80-{lab.ip['target']}:80", "--no-assistant"], check=False)
+    return res.returncode, res.stdout + res.stderr
+
+
+def test_doctor_own_address(lab, cloud, workdir):
+    code, out = _doctor(lab)  # before tcpcopy starts: no rule, the stack resets the probe
+    assert code == 0, out
+    assert "OK   port pool:" in out and f"OK   source {lab.ip['online']}" in out
+    assert "WARN drop rule: not installed" in out
+    assert "answers it with RST (expected before tcpcopy starts)" in out, out
+    tc = own_address(lab, workdir, name="tcpcopy-own-doctor")
+    try:
+        code, out = _doctor(lab)
+        assert code == 0, out
+        assert "OK   drop rule: in place (nft table ip pycopy_noassist)" in out
+        assert "OK   pool clear of host ports" in out
+        assert "is captured here and the host's stack does not answer it" in out, out
+    finally:
+        assert tc.stop() == 0
+    # a stale rule that does not match the target's answers: the probe names it
+    lab.run("online", ["nft", "-f", "-"], input=(
+        "table ip pycopy_noassist {\n  chain answers {\n"
+        "    type filter hook prerouting priority -300;\n    tcp dport 1 drop\n  }\n}\n"))
+    try:
+        code, out = _doctor(lab)
+        assert code == 1, out
+        assert "the drop rule does not match the target's answers" in out, out
+    finally:
+        lab.run("online", ["nft", "delete", "table", "ip", "pycopy_noassist"], check=False)
