@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(iproute2 iptables nftables tcpdump wrk libpcap0.8 systemd-container debootstrap
+APT_PKGS=(iproute2 iptables nftables tcpdump wrk nginx-light libpcap0.8 systemd-container debootstrap
           openssh-client procps psmisc util-linux python3-venv ${PYCOPY_EXTRA_APT:-})
 # the offline bundle build resolves Debian packages: it needs apt's package lists
 [[ -n $(ls /var/lib/apt/lists/*_Packages* 2>/dev/null) ]] || apt-get update -qq
