@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
            " this host's stack sees them (an nftables/iptables rule in table"
            " " + "pycopy_noassist" + ", removed at exit). No intercept, no -s, no route on the"
            " target")
+    a("--drop-rule", dest="drop_rule", choices=("auto", "install", "remove", "external"),
+      default="auto",
+      help="--no-assistant: auto = install the rule at start and remove it at exit (needs"
+           " CAP_NET_ADMIN); install / remove = do only that and exit (a privileged start or"
+           " stop step); external = the rule is managed by those steps, this process needs"
+           " only CAP_NET_RAW")
+    a("--rule-state", dest="rule_state", metavar="FILE", default="/run/pycopy/noassist-rule.json",
+      help="--drop-rule install/external: the rule's ports are passed through this file"
+           " (/run/pycopy/noassist-rule.json)")
     a("-p", dest="port", type=opt_type("-p", int_range(1, 65535), "bad port"), default=DEFAULT_PORT,
       help="default intercept port (36524)")
     a("-C", dest="conns", type=opt_type("-C", int_range(-1000, 11), "bad count"), default=2,
@@ -174,6 +183,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                     % args.servers)
         args.server_list = []
         _own_addresses(p, args)
+    elif args.drop_rule != "auto":
+        p.error("option --drop-rule: invalid value %r: only with --no-assistant" % args.drop_rule)
     elif args.servers is None:
         p.error("option -s is required (intercept servers), unless --no-assistant is given")
     else:
@@ -241,6 +252,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = make_config(args)
     except ConfigError as exc:
         die(str(exc), 2)
+    if args.no_assistant and args.drop_rule in ("install", "remove"):
+        from .own_address import rule_step
+
+        try:
+            print("tcpcopy: " + rule_step(args.drop_rule, args.maps, cfg.clt_ips, args.rule_state))
+        except PycopyError as exc:
+            die(str(exc), 1)
+        return 0
     from .tcpcopy_app import TcpCopyApp
 
     if args.daemon:

@@ -64,7 +64,7 @@ class TcpCopyApp:
 
             self.links = NoLinks()
             self.own = OwnAddress(self.loop, self.engine, stats, log, args.maps, cfg.clt_ips,
-                                  self._flush)
+                                  self._flush, args.drop_rule, args.rule_state)
         else:
             self.links = InterceptLinks(
                 self.loop, args.server_list, args.conns, stats, self._on_records,

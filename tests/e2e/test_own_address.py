@@ -231,3 +231,48 @@ def test_doctor_own_address(lab, cloud, workdir):
         assert "the drop rule does not match the target's answers" in out, out
     finally:
         lab.run("online", ["nft", "delete", "table", "ip", "pycopy_noassist"], check=False)
+
+
+def test_privileged_steps_manage_the_rule_and_the_replayer_keeps_only_cap_net_raw(
+        lab, cloud, logs, workdir):
+    import sys
+
+    t = lab.ip["target"]
+    state = str(workdir / "noassist-rule.json")
+    base = [sys.executable, "-m", "pycopy_engine.cli.tcpcopy", "-x", f"80-{t}:80",
+            "--no-assistant", "--rule-state", state]
+    only_raw = ["setpriv", "--inh-caps=-all", "--bounding-set=-all,+net_raw"]
+    # without CAP_NET_ADMIN, auto mode cannot install the rule: it says how to split
+    res = lab.run("online", only_raw + base, check=False)
+    assert res.returncode == 1 and "--drop-rule install" in res.stderr, res.stderr
+    assert not rule_present(lab)
+    res = lab.run("online", base + ["--drop-rule", "install"])  # the unit's ExecStartPre=+
+    assert "drop rule installed (nft" in res.stdout and rule_present(lab)
+    log = open(workdir / "tcpcopy-external.log", "w")
+    stats = workdir / "tcpcopy-external.stats.json"
+    p = lab.popen("online", only_raw + base + [
+        "--drop-rule", "external", "--stats-json", str(stats), "--stats-interval", "0.2"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not stats.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None, (workdir / "tcpcopy-external.log").read_text()
+        status = open(f"/proc/{p.pid}/status").read()  # ip netns exec and setpriv exec()
+        capeff = int(next(x for x in status.splitlines() if x.startswith("CapEff")).split()[1], 16)
+        assert capeff == 1 << 13, hex(capeff)  # CAP_NET_RAW only
+        res = run_client(lab, requests=300, connections=4, mode="close", tag="oext")
+        assert res["ok"] == 300
+        deadline = time.monotonic() + 30
+        while (len([r for r in logs("target") if "/oext/" in r["path"]]) < 300
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        target = [r for r in logs("target") if "/oext/" in r["path"]]
+        assert logged_keys(target) == sent_keys(res)
+    finally:
+        assert lab.stop(p) == 0
+        log.close()
+    assert rule_present(lab)  # the replayer leaves the rule to the stop step
+    res = lab.run("online", base + ["--drop-rule", "remove"])  # the unit's ExecStopPost=+
+    assert "drop rule removed" in res.stdout and not rule_present(lab)
+
