@@ -36,10 +36,16 @@ CAP_NET_ADMIN = 12
 ANSWER_SNAPLEN = 128  # IP + TCP headers with options: all a record needs
 
 
-def answer_filter(targets: Sequence[Tuple[str, int]], own: Sequence[str]) -> str:
+def answer_filter(targets: Sequence[Tuple[str, int]], own: Sequence[str],
+                  local_range: Tuple[int, int] | None = None) -> str:
+    """The target's answers to this host; not those to the kernel's ephemeral ports
+    (the host's own connections to the target), which the pool never uses."""
     src = " or ".join(f"(src host {t} and src port {p})" for t, p in targets)
     dst = " or ".join(f"dst host {o}" for o in own)
-    return f"tcp and ({src}) and ({dst})"
+    expr = f"tcp and ({src}) and ({dst})"
+    if local_range is not None:
+        expr += " and not dst portrange %d-%d" % local_range
+    return expr
 
 
 def host_pool(maps: Sequence[Any]) -> Tuple[Tuple[int, int], Set[int], List[int]]:
@@ -132,7 +138,7 @@ class OwnAddress:
         log.log(25, "own-address mode: source %s, %d pool ports outside ip_local_port_range"
                 " %d-%d (%d listening/live ports left out)", ",".join(self.own), len(ports),
                 lrange[0], lrange[1], len(excluded))
-        expr = answer_filter(self.targets, self.own)
+        expr = answer_filter(self.targets, self.own, lrange)
         prog = bpf.compile_filter(expr, bpf.DLT_RAW)
         self.capture = open_packet_capture(None, prog, ignore_outgoing=True,
                                            snaplen=ANSWER_SNAPLEN)

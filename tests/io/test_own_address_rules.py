@@ -57,3 +57,10 @@ def test_proc_readers(tmp_path):
     assert hostports.live_ports(paths) == {80, 8080, 60000}
     busy = hostports.LivePorts(paths=paths)
     assert busy(8080) and not busy(8081)
+
+
+def test_answer_filter_leaves_out_the_hosts_own_connections():
+    expr = answer_filter([(T, 80)], [O], (32768, 60999))
+    assert filter_matches(expr, _pkt(T, O, 80, 5000))
+    assert filter_matches(expr, _pkt(T, O, 80, 61000))
+    assert not filter_matches(expr, _pkt(T, O, 80, 40000))  # an ephemeral port: the host's own
