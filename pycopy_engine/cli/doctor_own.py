@@ -58,9 +58,10 @@ def check_own_address(o: DoctorOptions, rep: Report) -> None:
     lo, hi = hostports.local_port_range()
     host_ports = hostports.live_ports()  # listening ones included
     ports = pool_ports((lo, hi), host_ports)
-    rate = len(ports) / REUSE_GAP
-    detail = (f"{len(ports)} ports outside ip_local_port_range {lo}-{hi}: at most "
-              f"{rate:.0f} new sessions/s sustained ({REUSE_GAP:g} s rest per port)")  # fmt: skip
+    rate = len(ports) * max(len(own), 1) / REUSE_GAP
+    detail = (f"{len(ports)} ports outside ip_local_port_range {lo}-{hi} x {len(own)} "
+              f"address(es): at most {rate:.0f} new sessions/s sustained ({REUSE_GAP:g} s "
+              "rest per port)")  # fmt: skip
     widen = (f"sysctl -w net.ipv4.ip_local_port_range='{max(lo, 32768)} {min(hi, 60999)}'"
              " (leave room outside it)")  # fmt: skip
     if len(ports) < POOL_FAIL:

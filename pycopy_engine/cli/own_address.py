@@ -132,12 +132,12 @@ class OwnAddress:
             if not ports:
                 raise ConfigError("--drop-rule external: no port of %s is free here" % state)
         self.intervals = port_intervals(ports)
-        self.pool = PortPool(ports)
+        self.pool = PortPool(list(own), ports)
         engine.use_port_pool(self.pool, hostports.LivePorts())
         stats.add_gauge("port_pool_size", lambda: self.pool.size)
-        log.log(25, "own-address mode: source %s, %d pool ports outside ip_local_port_range"
-                " %d-%d (%d listening/live ports left out)", ",".join(self.own), len(ports),
-                lrange[0], lrange[1], len(excluded))
+        log.log(25, "own-address mode: source %s, %d pool ports (each once per address) outside"
+                " ip_local_port_range %d-%d (%d listening/live ports left out)",
+                ",".join(self.own), len(ports), lrange[0], lrange[1], len(excluded))
         expr = answer_filter(self.targets, self.own, lrange)
         prog = bpf.compile_filter(expr, bpf.DLT_RAW)
         self.capture = open_packet_capture(None, prog, ignore_outgoing=True,

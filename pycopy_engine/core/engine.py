@@ -196,11 +196,11 @@ class Engine:
         for copy in range(self.cfg.replicas):
             self.memory.before_open(self.sessions, now)  # -m: room under the session cap
             if self.pool is not None:
-                port = self.pool.acquire(now, self.port_busy)
-                if port is None:
+                slot = self.pool.acquire(now, self.port_busy)
+                if slot is None:
                     c["port_pool_exhausted"] += 1  # every pool port is held or resting
                     continue
-                key = (self.mapper.client_ip(seg.src, copy), port, m.target_ip, m.target_port)
+                key = (slot[0], slot[1], m.target_ip, m.target_port)
             else:
                 try:
                     key, skipped = self.mapper.allocate(seg.src, seg.sport, copy, m.target_ip,
@@ -338,7 +338,7 @@ class Engine:
             del self.sessions[s.key]
             self.time_wait[s.key] = now + TIME_WAIT
             if self.pool is not None:
-                self.pool.release(s.key[1], now)
+                self.pool.release((s.key[0], s.key[1]), now)
         flow = self.flows.get(s.flow)
         if flow is not None:
             if s in flow:

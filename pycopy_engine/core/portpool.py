@@ -14,14 +14,18 @@ holds only ports the host's stack will not pick or is not using:
   released first.  The rest applies towards every target, which is stricter
   than "not towards the same target" and keeps the pool a single queue.
 
-An empty pool is not an error: :meth:`PortPool.acquire` returns None and the
-caller counts ``port_pool_exhausted``.
+The pool's slots are (own address, port) pairs: with several own addresses
+(``-c``) every port is available once per address, and the addresses take
+turns.  An empty pool is not an error: :meth:`PortPool.acquire` returns None
+and the caller counts ``port_pool_exhausted``.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Deque, Iterable, List, Optional, Set, Tuple
+from typing import Callable, Deque, Iterable, List, Optional, Sequence, Set, Tuple
+
+Slot = Tuple[bytes, int]  # (own address, port)
 
 REUSE_GAP = 60.0
 PORT_LOW = 1024
@@ -48,12 +52,14 @@ def port_intervals(ports: Iterable[int]) -> List[Tuple[int, int]]:
 
 
 class PortPool:
-    """Least-recently-released-first port allocation with a reuse gap."""
+    """Least-recently-released-first (address, port) allocation with a reuse gap."""
 
-    def __init__(self, ports: Iterable[int], reuse_gap: float = REUSE_GAP) -> None:
-        # (port, time it may be used again); never-used ports are ready at once
-        self._free: Deque[Tuple[int, float]] = deque((p, float("-inf")) for p in ports)
-        self._held: Set[int] = set()
+    def __init__(self, addresses: Sequence[bytes], ports: Iterable[int],
+                 reuse_gap: float = REUSE_GAP) -> None:
+        # (slot, time it may be used again); never-used slots are ready at once
+        self._free: Deque[Tuple[Slot, float]] = deque(
+            ((ip, p), float("-inf")) for p in ports for ip in addresses)
+        self._held: Set[Slot] = set()
         self.reuse_gap = reuse_gap
         self.size = len(self._free)
         self.exhausted = 0
@@ -70,25 +76,27 @@ class PortPool:
     def ready_count(self, now: float) -> int:
         return sum(1 for _p, t in self._free if t <= now)
 
-    def acquire(self, now: float, busy: Optional[Callable[[int], bool]] = None) -> Optional[int]:
-        """A port for a new session, or None (counted in ``exhausted``)."""
+    def acquire(self, now: float, busy: Optional[Callable[[int], bool]] = None) -> Optional[Slot]:
+        """(address, port) for a new session, or None (counted in ``exhausted``).
+
+        ``busy(port)``: the host has a live socket on that port."""
         free = self._free
         for _ in range(len(free)):
-            port, ready_at = free[0]
+            slot, ready_at = free[0]
             if ready_at > now:
                 break  # the queue is in release order: nothing behind is ready either
             free.popleft()
-            if busy is not None and busy(port):
+            if busy is not None and busy(slot[1]):
                 self.busy_skipped += 1
-                free.append((port, now + self.reuse_gap))
+                free.append((slot, now + self.reuse_gap))
                 continue
-            self._held.add(port)
-            return port
+            self._held.add(slot)
+            return slot
         self.exhausted += 1
         return None
 
-    def release(self, port: int, now: float) -> None:
-        """The session on ``port`` ended: the port rests ``reuse_gap`` seconds."""
-        if port in self._held:
-            self._held.remove(port)
-            self._free.append((port, now + self.reuse_gap))
+    def release(self, slot: Slot, now: float) -> None:
+        """The session on ``slot`` ended: it rests ``reuse_gap`` seconds."""
+        if slot in self._held:
+            self._held.remove(slot)
+            self._free.append((slot, now + self.reuse_gap))

@@ -10,6 +10,7 @@ removed by the next start after a SIGKILL.
 
 from __future__ import annotations
 
+import collections
 import signal
 import subprocess
 import time
@@ -38,8 +39,12 @@ def cloud(lab, http_servers):
     """Anti-spoofing on the lab bridge (a bridge-family nft table of the lab's own, in
     the root namespace, matching only the lab's ports) and no route on the target."""
     table = f"{lab.prefix}_antispoof"
+    second = second_address(lab)  # a secondary address of online (a VPC "secondary IP")
+    lab.add_address("online", second + "/24")
+    own = {h: lab.ip[h] for h in HOSTS}
+    own["online"] += ", " + second
     rules = "".join(
-        f'    iifname "{lab.prefix}-{h[:3]}" ip saddr != {lab.ip[h]} counter drop comment "{h}"\n'
+        f'    iifname "{lab.prefix}-{h[:3]}" ip saddr != {{ {own[h]} }} counter drop comment "{h}"\n'
         for h in HOSTS)
     _nft("-f", "-", stdin=f"table bridge {table} {{\n  chain spoof {{\n"
          "    type filter hook forward priority -200; policy accept;\n"
@@ -49,6 +54,10 @@ def cloud(lab, http_servers):
         yield table
     finally:
         _nft("delete", "table", "bridge", table, check=False)
+
+
+def second_address(lab) -> str:
+    return lab.ip["online"].rsplit(".", 1)[0] + ".21"
 
 
 def spoof_drops(table: str, host: str) -> int:
@@ -276,3 +285,21 @@ def test_privileged_steps_manage_the_rule_and_the_replayer_keeps_only_cap_net_ra
     res = lab.run("online", base + ["--drop-rule", "remove"])  # the unit's ExecStopPost=+
     assert "drop rule removed" in res.stdout and not rule_present(lab)
 
+
+
+def test_several_own_addresses_share_the_work(lab, cloud, logs, workdir):
+    o, o2 = lab.ip["online"], second_address(lab)
+    tc = own_address(lab, workdir, name="tcpcopy-own-two", extra=["-c", f"{o},{o2}"])
+    try:
+        res = run_client(lab, requests=300, connections=4, mode="close", tag="otwo")
+        assert res["ok"] == 300
+        deadline = time.monotonic() + 30
+        while (len([r for r in logs("target") if "/otwo/" in r["path"]]) < 300
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        target = [r for r in logs("target") if "/otwo/" in r["path"]]
+        assert logged_keys(target) == sent_keys(res)
+        by_ip = collections.Counter(r["client_ip"] for r in target)
+        assert set(by_ip) == {o, o2} and min(by_ip.values()) >= 100, by_ip  # in turn
+    finally:
+        assert tc.stop() == 0

@@ -29,36 +29,44 @@ def test_port_intervals_split_around_excluded_ports():
 
 
 def test_least_recently_released_first_and_60s_rest():
-    pool = PortPool([5000, 5001, 5002])
+    pool = PortPool([ONLINE], [5000, 5001, 5002])
     a, b, c = pool.acquire(0.0), pool.acquire(0.0), pool.acquire(0.0)
-    assert (a, b, c) == (5000, 5001, 5002)
+    assert (a, b, c) == ((ONLINE, 5000), (ONLINE, 5001), (ONLINE, 5002))
     assert pool.acquire(1.0) is None and pool.exhausted == 1
-    pool.release(5001, 10.0)
-    pool.release(5000, 20.0)
+    pool.release((ONLINE, 5001), 10.0)
+    pool.release((ONLINE, 5000), 20.0)
     assert pool.acquire(69.9) is None  # 5001 rests until 70.0
-    assert pool.acquire(70.0) == 5001  # released first, handed out first
+    assert pool.acquire(70.0) == (ONLINE, 5001)  # released first, handed out first
     assert pool.acquire(70.0) is None
-    assert pool.acquire(80.0) == 5000
+    assert pool.acquire(80.0) == (ONLINE, 5000)
     assert pool.exhausted == 3
-    pool.release(4242, 80.0)  # never held: ignored
+    pool.release((ONLINE, 4242), 80.0)  # never held: ignored
     assert pool.free_count == 0 and pool.held_count == 3
 
 
 def test_a_busy_port_is_skipped_and_rests():
-    pool = PortPool([6000, 6001])
+    pool = PortPool([ONLINE], [6000, 6001])
     taken = {6000}
-    assert pool.acquire(0.0, taken.__contains__) == 6001
+    assert pool.acquire(0.0, taken.__contains__) == (ONLINE, 6001)
     assert pool.busy_skipped == 1
     taken.clear()
     assert pool.acquire(1.0, taken.__contains__) is None  # 6000 rests after being seen busy
-    assert pool.acquire(60.0, taken.__contains__) == 6000
+    assert pool.acquire(60.0, taken.__contains__) == (ONLINE, 6000)
+
+
+def test_several_own_addresses_each_port_once_per_address_in_turn():
+    other = bytes([10, 1, 0, 21])
+    pool = PortPool([ONLINE, other], [7000, 7001])
+    got = [pool.acquire(0.0) for _ in range(4)]
+    assert got == [(ONLINE, 7000), (other, 7000), (ONLINE, 7001), (other, 7001)]
+    assert pool.size == 4 and pool.acquire(0.0) is None
 
 
 def _engine(ports, replicas=1):
     cfg = EngineConfig(maps=[TargetMap(ONLINE, 80, TARGET, 8080)], clt_ips=[ONLINE],
                        replicas=replicas, seed=7)
     eng = Engine(cfg)
-    pool = PortPool(ports)
+    pool = PortPool([ONLINE], ports)
     eng.use_port_pool(pool)
     target = SimServer(TARGET, 8080, seed=99)
     return eng, pool, target, Wire(eng, target)
