@@ -146,8 +146,10 @@ class OwnAddress:
                         lambda: self.capture.kernel_stats().get("drops", 0))
         log.log(25, "own-address mode: answers captured with filter: %s", expr)
         self.rule_backend = ""
+        self.lock = droprule.InstanceLock()
 
     def start(self) -> None:
+        self.lock.acquire()
         self.loop.add_reader(self.capture.fileno(), self._on_answers)
         if self.rule_mode == "external":
             self.log.log(25, "own-address mode: the drop rule is managed outside this process")
@@ -184,9 +186,10 @@ class OwnAddress:
 
     def close(self) -> None:
         try:
-            if self.rule_mode != "external" and droprule.remove():
+            if self.lock.fd is not None and self.rule_mode != "external" and droprule.remove():
                 self.log.log(25, "own-address mode: drop rule removed")
         finally:
+            self.lock.release()
             self.capture.close()
 
     def stat_line(self) -> str:

@@ -17,6 +17,7 @@ idempotent.  ``PYCOPY_DROP_BACKEND=iptables`` forces the iptables form (tests).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -153,3 +154,36 @@ def installed_intervals() -> list[tuple[int, int]]:
                     a, _, b = words[words.index("--dport") + 1].partition(":")
                     out.append((int(a), int(b or a)))
     return out
+
+
+LOCK_DIR = "/run/pycopy"
+
+
+class InstanceLock:
+    """One own-address tcpcopy per network namespace: a second one would replace the
+    first's rule and remove it at its exit.  An flock, so a SIGKILLed holder
+    releases it at once; the file (named after the namespace) also names the PID."""
+
+    def __init__(self, lock_dir: str = LOCK_DIR) -> None:
+        ns = os.stat("/proc/self/ns/net").st_ino
+        self.path = os.path.join(lock_dir, f"noassist-netns{ns}.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DropRuleError(f"another own-address tcpcopy runs in this network namespace "
+                                f"(pid {other}, lock {self.path}): only one may") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

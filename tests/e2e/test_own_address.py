@@ -11,6 +11,8 @@ removed by the next start after a SIGKILL.
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -50,10 +52,13 @@ def cloud(lab, http_servers):
          "    type filter hook forward priority -200; policy accept;\n"
          f"{rules}  }}\n}}\n")
     lab.run("target", ["ip", "route", "del", lab.ip["client"] + "/32"])
+    ino = os.stat(f"/run/netns/{lab.ns['online']}").st_ino
     try:
         yield table
     finally:
         _nft("delete", "table", "bridge", table, check=False)
+        with contextlib.suppress(FileNotFoundError):  # tcpcopy's instance lock of that netns
+            os.unlink(f"/run/pycopy/noassist-netns{ino}.lock")
 
 
 def second_address(lab) -> str:
@@ -176,6 +181,14 @@ def test_sigkill_leaves_the_rule_and_the_next_start_removes_it(lab, cloud, workd
         assert "removed a stale drop rule" in tc2.log()
         out = lab.run("online", ["nft", "list", "table", "ip", "pycopy_noassist"]).stdout
         assert "dport 9 drop" not in out and out.count(" drop") == 1, out
+        # a second instance in the same namespace is refused and leaves the rule alone
+        tc3 = Proc(lab, "online", "tcpcopy", ["-x", f"80-{lab.ip['target']}:80",
+                                              "--no-assistant"], workdir, "tcpcopy-own-second",
+                   ready=False)
+        assert tc3.proc.wait(20) == 1
+        assert "another own-address tcpcopy runs in this network namespace" in tc3.log()
+        tc3.stop()
+        assert rule_present(lab) and tc2.proc.poll() is None
     finally:
         assert tc2.stop() == 0
     assert not rule_present(lab)
