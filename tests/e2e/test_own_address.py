@@ -316,3 +316,25 @@ def test_several_own_addresses_share_the_work(lab, cloud, logs, workdir):
         assert set(by_ip) == {o, o2} and min(by_ip.values()) >= 100, by_ip  # in turn
     finally:
         assert tc.stop() == 0
+
+
+def test_iptables_form_after_sigkill(lab, cloud, workdir, monkeypatch):
+    monkeypatch.setenv("PYCOPY_DROP_BACKEND", "iptables")
+
+    def jumps() -> int:
+        out = lab.run("online", ["iptables", "-t", "raw", "-S", "PREROUTING"]).stdout
+        return out.count("-j PYCOPY_NOASSIST")
+
+    tc = own_address(lab, workdir, name="tcpcopy-ipt-kill")
+    tc.proc.send_signal(signal.SIGKILL)
+    tc.proc.wait(10)
+    assert jumps() == 1  # left behind
+    tc2 = own_address(lab, workdir, name="tcpcopy-ipt-restart")
+    try:
+        assert "removed a stale drop rule" in tc2.log()
+        assert jumps() == 1  # replaced, not doubled
+    finally:
+        assert tc2.stop() == 0
+    assert jumps() == 0
+    assert lab.run("online", ["iptables", "-t", "raw", "-S", "PYCOPY_NOASSIST"],
+                   check=False).returncode != 0
