@@ -7,6 +7,10 @@ on the assistant.  For each run it prints the achieved request rate, fidelity
 time per request of tcpcopy and of intercept (utime + stime from /proc).
 
     python3 bench/run.py [--duration 5] [--rates 1000,5000,10000,max] [--modes keepalive,close]
+    python3 bench/run.py --no-assistant   # own-address mode: no intercept, tcpcopy alone
+
+In own-address mode the intercept column is empty: tcpcopy's own CPU per
+request is what compares with tcpcopy + intercept of the classic rows.
 
 Needs root, nginx and wrk (Debian packages nginx-light and wrk).
 """
@@ -88,30 +92,36 @@ def main() -> int:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--profile", help="write a cProfile of tcpcopy here")
     ap.add_argument("--tcpcopy-args", default="", help="extra tcpcopy options, e.g. '-i eth0'")
+    ap.add_argument("--no-assistant", action="store_true",
+                    help="own-address mode (tcpcopy --no-assistant, no intercept)")
+    ap.add_argument("--prefix", default=PREFIX, help=f"lab prefix ({PREFIX})")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed (apt-get install nginx-light wrk)")
     work = Path(tempfile.mkdtemp(prefix="pycopy-bench-"))
     os.chmod(work, 0o755)
-    cleanup_prefix(PREFIX)
+    cleanup_prefix(args.prefix)
     results = []
-    with Lab(PREFIX, SUBNET) as lab:
+    with Lab(args.prefix, SUBNET) as lab:
         procs = []
         for name in ("online", "target"):
             conf = work / f"nginx-{name}.conf"
             conf.write_text(NGINX_CONF.format(dir=work, name=name, ip=lab.ip[name]))
             procs.append(lab.popen(name, ["nginx", "-c", str(conf)]))
         t, a, o = lab.ip["target"], lab.ip["assistant"], lab.ip["online"]
-        ic = lab.popen("assistant", [sys.executable, "-m", "pycopy_engine.cli.intercept", "-i",
-                                     "eth0", "-F", "tcp and src port 80", "-l",
-                                     str(work / "intercept.log")])
-        time.sleep(1.5)
+        ic = None
+        if not args.no_assistant:
+            ic = lab.popen("assistant", [sys.executable, "-m", "pycopy_engine.cli.intercept",
+                                         "-i", "eth0", "-F", "tcp and src port 80", "-l",
+                                         str(work / "intercept.log")])
+            time.sleep(1.5)
+        where = ["--no-assistant"] if args.no_assistant else ["-s", a]
         tc = lab.popen("online", env=lab.env({"PYCOPY_PROFILE": args.profile} if args.profile else None), argv=[sys.executable, "-m", "pycopy_engine.cli.tcpcopy", "-x",
-                                  f"{o}:80-{t}:80", "-s", a, "-l", str(work / "tcpcopy.log"),
+                                  f"{o}:80-{t}:80", *where, "-l", str(work / "tcpcopy.log"),
                                   *args.tcpcopy_args.split()])
         time.sleep(1.5)
-        if tc.poll() is not None or ic.poll() is not None:
+        if tc.poll() is not None or (ic is not None and ic.poll() is not None):
             sys.exit("bench: tcpcopy or intercept did not start; see " + str(work))
         lua = work / "rate.lua"
         print(f"{'mode':<10}{'offered':>9}{'achieved/s':>12}{'fidelity':>10}"
@@ -128,7 +138,7 @@ def main() -> int:
                     argv += ["-s", str(lua)]
                 argv.append(f"http://{o}/")
                 on0, ta0 = lines(work / "access-online.log"), lines(work / "access-target.log")
-                c_tc, c_ic = cpu_seconds(tc.pid), cpu_seconds(ic.pid)
+                c_tc, c_ic = cpu_seconds(tc.pid), cpu_seconds(ic.pid) if ic else 0.0
                 t0 = time.monotonic()
                 r = lab.run("client", argv, check=False, timeout=args.duration + 60)
                 if r.returncode:
@@ -136,21 +146,25 @@ def main() -> int:
                 elapsed = time.monotonic() - t0
                 on1 = wait_stable(work / "access-online.log")
                 ta1 = wait_stable(work / "access-target.log")
-                d_tc, d_ic = cpu_seconds(tc.pid) - c_tc, cpu_seconds(ic.pid) - c_ic
+                d_tc = cpu_seconds(tc.pid) - c_tc
+                d_ic = cpu_seconds(ic.pid) - c_ic if ic else 0.0
                 n_on, n_ta = on1 - on0, ta1 - ta0
                 row = {
                     "mode": mode, "offered": rate, "achieved": n_on / elapsed,
                     "online": n_on, "target": n_ta,
                     "fidelity": (n_ta / n_on) if n_on else 0.0,
                     "tcpcopy_us": 1e6 * d_tc / n_on if n_on else 0.0,
-                    "intercept_us": 1e6 * d_ic / n_on if n_on else 0.0,
+                    "intercept_us": 1e6 * d_ic / n_on if n_on and ic else None,
+                    "topology": "own-address" if args.no_assistant else "classic",
                 }
+                ic_us = "-" if row["intercept_us"] is None else f"{row['intercept_us']:.1f}"
                 results.append(row)
                 print(f"{mode:<10}{rate:>9}{row['achieved']:>12.0f}{100 * row['fidelity']:>9.2f}%"
-                      f"{row['tcpcopy_us']:>16.1f}{row['intercept_us']:>18.1f}", flush=True)
+                      f"{row['tcpcopy_us']:>16.1f}{ic_us:>18}", flush=True)
                 time.sleep(1.0)
         for p in (tc, ic, *procs):
-            lab.stop(p)
+            if p is not None:
+                lab.stop(p)
         tail = subprocess.run(["tail", "-n", "16", str(work / "tcpcopy.log")],
                               capture_output=True, text=True).stdout
         print("\ntcpcopy's last statistics:\n" + tail)

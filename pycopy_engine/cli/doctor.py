@@ -47,6 +47,7 @@ class DoctorOptions:
     deadline: float = 2.0
     probe: bool = True
     probe_client: str | None = None  # online: --probe-client, the probe's source address
+    no_assistant: bool = False  # online: own-address mode (cli/doctor_own.py)
 
 
 class Report:
@@ -143,6 +144,7 @@ def options_from(args: Any) -> DoctorOptions:
         deadline=float(_attr(args, "deadline") or 2.0),
         probe=not _attr(args, "no_probe"),
         probe_client=_attr(args, "probe_client"),
+        no_assistant=bool(_attr(args, "no_assistant")),
     )
 
 
@@ -373,6 +375,11 @@ def run_doctor(role: str, args: Any, out: TextIO | None = None) -> int:
         raise ValueError(f"doctor role must be one of {ROLES}, not {role!r}")
     opts = options_from(args)
     rep = Report(out or sys.stdout)
+    if role == "online" and opts.no_assistant:
+        from pycopy_engine.cli.doctor_own import check_own_address
+
+        check_own_address(opts, rep)
+        return 1 if rep.failed else 0
     {"online": check_online, "assistant": check_assistant, "target": check_target}[role](opts, rep)
     return 1 if rep.failed else 0
 
@@ -400,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--port", type=int, default=control.DEFAULT_PORT)
     p.add_argument("--deadline", type=float, default=2.0, help="seconds to wait for answers")
     p.add_argument("--no-probe", action="store_true", help="skip the end-to-end probe")
+    p.add_argument("--no-assistant", action="store_true",
+                   help="online: own-address mode (tcpcopy --no-assistant)")
     p.add_argument("--probe-client", type=probe_client_arg, metavar="ADDR",
                    help="online: source address of the end-to-end probe (an unused address of "
                         "the clients' network, routed via the assistant); default: first -c")

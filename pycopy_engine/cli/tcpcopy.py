@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from typing import List, Optional, Sequence
 
@@ -31,6 +32,8 @@ USAGE_EXAMPLE = """example:
   tcpcopy -x 80-10.0.0.12:8080 -s 10.0.0.13      copy port 80 to 10.0.0.12:8080,
                                                 intercept running on 10.0.0.13
   tcpcopy -x 10.0.0.11:80-10.0.0.12:80 -s 10.0.0.13 -n 3 -r 50 -c 10.0.1.x
+  tcpcopy -x 80-10.0.0.12:8080 --no-assistant    own-address mode: no intercept, no route
+                                                on the target (clouds); run as root
 """
 
 
@@ -75,8 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     a("-x", dest="maps", metavar="[ip:]port-ip:port[,...]", required=True,
       type=opt_type("-x", parse_maps, "bad map"),
       help="online address -> target address (several, comma-separated)")
-    a("-s", dest="servers", metavar="ip[:port][,...]", required=True,
-      help="intercept servers (port defaults to -p)")
+    a("-s", dest="servers", metavar="ip[:port][,...]",
+      help="intercept servers (port defaults to -p); required unless --no-assistant")
+    a("--no-assistant", dest="no_assistant", action="store_true",
+      help="own-address mode: copies leave with this host's own address (-c, if given, must"
+           " list only this host's addresses) and ports from a pool outside"
+           " ip_local_port_range; the target's answers are captured here and dropped before"
+           " this host's stack sees them (an nftables/iptables rule in table"
+           " " + "pycopy_noassist" + ", removed at exit). No intercept, no -s, no route on the"
+           " target")
+    a("--drop-rule", dest="drop_rule", choices=("auto", "install", "remove", "external"),
+      default="auto",
+      help="--no-assistant: auto = install the rule at start and remove it at exit (needs"
+           " CAP_NET_ADMIN); install / remove = do only that and exit (a privileged start or"
+           " stop step); external = the rule is managed by those steps, this process needs"
+           " only CAP_NET_RAW")
+    a("--rule-state", dest="rule_state", metavar="FILE", default="/run/pycopy/noassist-rule.json",
+      help="--drop-rule install/external: the rule's ports are passed through this file"
+           " (/run/pycopy/noassist-rule.json)")
     a("-p", dest="port", type=opt_type("-p", int_range(1, 65535), "bad port"), default=DEFAULT_PORT,
       help="default intercept port (36524)")
     a("-C", dest="conns", type=opt_type("-C", int_range(-1000, 11), "bad count"), default=2,
@@ -158,10 +177,21 @@ def make_config(args: argparse.Namespace) -> EngineConfig:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
-    try:
-        args.server_list = parse_hostport_list(args.servers, args.port)
-    except ValueError as exc:
-        p.error("option -s: invalid value %r: %s" % (args.servers, exc or "bad address"))
+    if args.no_assistant:
+        if args.servers is not None:
+            p.error("option -s: invalid value %r: --no-assistant has no intercept to connect to"
+                    % args.servers)
+        args.server_list = []
+        _own_addresses(p, args)
+    elif args.drop_rule != "auto":
+        p.error("option --drop-rule: invalid value %r: only with --no-assistant" % args.drop_rule)
+    elif args.servers is None:
+        p.error("option -s is required (intercept servers), unless --no-assistant is given")
+    else:
+        try:
+            args.server_list = parse_hostport_list(args.servers, args.port)
+        except ValueError as exc:
+            p.error("option -s: invalid value %r: %s" % (args.servers, exc or "bad address"))
     if len(args.server_list) > 32:
         p.error("option -s: at most 32 intercepts")
     if args.conns <= 0:
@@ -181,6 +211,37 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+def _own_addresses(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--no-assistant: -c must name only this host's addresses; without -c, the source
+    address this host uses towards each target."""
+    from ..io import sysinfo
+
+    local = set(sysinfo.local_addresses())
+    if args.clt_ips:
+        try:
+            ips = expand_clt_ips(args.clt_ips)
+        except ValueError as exc:
+            p.error("option -c: invalid value %r: %s" % (args.clt_ips, exc))
+        for ip in ips:
+            text = socket.inet_ntoa(ip)
+            if text not in local:
+                p.error("option -c: invalid value %r: %s is not an address of this host"
+                        " (--no-assistant replays with the host's own addresses)"
+                        % (args.clt_ips, text))
+        return
+    own = []
+    for m in args.maps:
+        tip = socket.inet_ntoa(m.target_ip)
+        route = sysinfo.route_get(tip)
+        src = route.get("prefsrc") if route else None
+        if not src or src not in local:
+            p.error("option -x: invalid value: no route with a source address of this host"
+                    " towards target %s (give -c with this host's address)" % tip)
+        if src not in own:
+            own.append(src)
+    args.clt_ips = ",".join(own)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.doctor:
@@ -191,6 +252,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = make_config(args)
     except ConfigError as exc:
         die(str(exc), 2)
+    if args.no_assistant and args.drop_rule in ("install", "remove"):
+        from .own_address import rule_step
+
+        try:
+            print("tcpcopy: " + rule_step(args.drop_rule, args.maps, cfg.clt_ips, args.rule_state))
+        except PycopyError as exc:
+            die(str(exc), 1)
+        return 0
     from .tcpcopy_app import TcpCopyApp
 
     if args.daemon:

@@ -57,11 +57,20 @@ class TcpCopyApp:
         if self.capture is not None:
             stats.add_gauge("capture_kernel_drops",
                             lambda: self.capture.kernel_stats().get("drops", 0))
-        self.links = InterceptLinks(
-            self.loop, args.server_list, args.conns, stats, self._on_records,
-            combined=not args.uncombined, lonely=args.lonely,
-            on_reconnect=self._reregister, on_all_lost=self._all_lost,
-            secret=read_secret(args.secret_file))
+        self.own: Any = None
+        self.links: Any
+        if getattr(args, "no_assistant", False):  # own-address mode (cli/own_address.py)
+            from .own_address import NoLinks, OwnAddress
+
+            self.links = NoLinks()
+            self.own = OwnAddress(self.loop, self.engine, stats, log, args.maps, cfg.clt_ips,
+                                  self._flush, args.drop_rule, args.rule_state)
+        else:
+            self.links = InterceptLinks(
+                self.loop, args.server_list, args.conns, stats, self._on_records,
+                combined=not args.uncombined, lonely=args.lonely,
+                on_reconnect=self._reregister, on_all_lost=self._all_lost,
+                secret=read_secret(args.secret_file))
         self.out = StatsOutput(self.loop, "tcpcopy", stats, log, self._stat_lines, args)
 
     # ------------------------------------------------------------ set-up
@@ -254,9 +263,13 @@ class TcpCopyApp:
                 "uncombined" if args.uncombined else "TC_COMBINED")
         try:
             self.links.start()
-        except LinkError as exc:
+            if self.own is not None:
+                self.own.start()
+        except (LinkError, PycopyError) as exc:
             log.error("%s", exc)
             sys.stderr.write("tcpcopy: %s\n" % exc)
+            if self.own is not None:
+                self.own.close()
             return 1
         write_pid(args.pidfile)
         install_stop_signals(self._stop)
@@ -292,6 +305,8 @@ class TcpCopyApp:
         if self.replay is not None:
             self._offline_summary()
         self.links.close()
+        if self.own is not None:
+            self.own.close()
         if self.capture is not None:
             self.capture.close()
         self.sender.close()
@@ -336,4 +351,4 @@ class TcpCopyApp:
             "send errors: %s, control links up:%d, reconnects:%d" % (
                 reasons(self.stats.by_reason("send_error")), self.links.live_count(),
                 c["control_reconnects"]),
-        ]
+        ] + ([self.own.stat_line()] if self.own is not None else [])

@@ -24,6 +24,7 @@ from ..wire.control import encode_client_add, parse_record
 from ..wire.tcpip import ACK, SYN, parse_ipv4_tcp
 from .mapping import AddressMapper, Key, PortExhausted, Sampler, TargetMap, find_map
 from .memory import MemoryGuard
+from .portpool import PortPool
 from .session import Session
 from .stats import Stats
 
@@ -82,6 +83,18 @@ class Engine:
         self.stats.add_gauge("sessions_active", lambda: len(self.sessions))
         self.stats.add_gauge("buffered_bytes", lambda: self.buffered)
         self.memory = MemoryGuard(cfg.mem_limit, self.stats)  # -m (core/memory.py)
+        # --no-assistant: client ports come from this pool (core/portpool.py);
+        # ``port_busy`` is the io layer's live-socket check
+        self.pool: Optional[PortPool] = None
+        self.port_busy: Optional[Callable[[int], bool]] = None
+
+    def use_port_pool(self, pool: PortPool, busy: Optional[Callable[[int], bool]] = None) -> None:
+        """Own-address mode: every copy's client port is taken from ``pool``."""
+        self.pool = pool
+        self.port_busy = busy
+        self.stats.add_gauge("port_pool_free", lambda: pool.free_count)
+        self.stats.add_gauge("port_pool_held", lambda: pool.held_count)
+        self.stats.add_gauge("port_pool_busy_skipped", lambda: pool.busy_skipped)
 
     # ------------------------------------------------------------ output
 
@@ -182,14 +195,21 @@ class Engine:
         in_use = self._in_use
         for copy in range(self.cfg.replicas):
             self.memory.before_open(self.sessions, now)  # -m: room under the session cap
-            try:
-                key, skipped = self.mapper.allocate(seg.src, seg.sport, copy, m.target_ip,
-                                                    m.target_port, in_use, self.port_salt)
-            except PortExhausted:
-                c["port_exhausted"] += 1  # every port of that client address is live: skip
-                continue
-            if skipped:
-                c["port_collision_avoided"] += skipped
+            if self.pool is not None:
+                slot = self.pool.acquire(now, self.port_busy)
+                if slot is None:
+                    c["port_pool_exhausted"] += 1  # every pool port is held or resting
+                    continue
+                key = (slot[0], slot[1], m.target_ip, m.target_port)
+            else:
+                try:
+                    key, skipped = self.mapper.allocate(seg.src, seg.sport, copy, m.target_ip,
+                                                        m.target_port, in_use, self.port_salt)
+                except PortExhausted:
+                    c["port_exhausted"] += 1  # every port of that client address is live: skip
+                    continue
+                if skipped:
+                    c["port_collision_avoided"] += skipped
             s = Session(self, flow, copy, key, now)
             self.sessions[key] = s
             self.time_wait.pop(key, None)
@@ -197,7 +217,7 @@ class Engine:
             c["sessions_opened"] += 1
         live = [s for s in out if not s.ended]  # (-m may evict a copy made just before)
         if not live:  # no port, or evicted at once: later segments are dropped, counted
-            reason = "evicted" if out else "port_exhausted"
+            reason = "evicted" if out else "port_exhausted"  # (pool exhausted too)
             self.memory.bury(flow, seg.seq if seg.flags & SYN else -1, now, reason)
             return live
         self.flows[flow] = live
@@ -317,6 +337,8 @@ class Engine:
         if self.sessions.get(s.key) is s:
             del self.sessions[s.key]
             self.time_wait[s.key] = now + TIME_WAIT
+            if self.pool is not None:
+                self.pool.release((s.key[0], s.key[1]), now)
         flow = self.flows.get(s.flow)
         if flow is not None:
             if s in flow:

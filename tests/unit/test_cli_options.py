@@ -95,3 +95,27 @@ def test_version_and_help(capsys):
             mod.build_parser().parse_args(["-v"])
         assert exc.value.code == 0
         assert "internal version 6" in capsys.readouterr().out
+
+
+def test_no_assistant_needs_no_s_and_defaults_to_the_hosts_own_address():
+    a = tcli.parse_args(["-x", "80-127.0.0.2:8080", "--no-assistant"])
+    assert a.no_assistant and a.server_list == []
+    assert a.clt_ips == "127.0.0.1"  # the source address of the route to the target
+    assert tcli.make_config(a).clt_ips == [parse_ip("127.0.0.1")]
+    a = tcli.parse_args(["-x", "80-127.0.0.2:8080", "--no-assistant", "-c", "127.0.0.1", "-n", "3"])
+    assert a.clt_ips == "127.0.0.1" and a.replicas == 3
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["-c", "10.254.77.1"], "option -c: invalid value '10.254.77.1': 10.254.77.1 is not an address"
+                            " of this host"),
+    (["-c", "127.0.0.1,10.254.77.1"], "10.254.77.1 is not an address of this host"),
+    (["-c", "10.254.77.x"], "is not an address of this host"),
+    (["-c", "::1"], "IPv6 is not supported"),
+    (["-s", "127.0.0.1"], "option -s: invalid value '127.0.0.1': --no-assistant has no intercept"),
+])
+def test_no_assistant_refuses_foreign_client_addresses_and_s(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        tcli.parse_args(["-x", "80-127.0.0.2:8080", "--no-assistant", *argv])
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
