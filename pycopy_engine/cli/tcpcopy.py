@@ -26,6 +26,7 @@ from .common import (
     setup_logging,
     version_line,
 )
+from .unattended import add_unattended_options, check_unattended_options
 
 USAGE_EXAMPLE = """example:
   tcpcopy -x 80-10.0.0.12:8080 -s 10.0.0.13      copy port 80 to 10.0.0.12:8080,
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("-d", dest="daemon", action="store_true", help="run as a daemon")
     a("--uncombined", action="store_true",
       help="intercept sends records one by one (C --disable-combined builds)")
+    add_unattended_options(a)
     add_common_options(a, "online")
     a("--seed", type=int, default=None, help=argparse.SUPPRESS)
     a("-v", "--version", action="version", version=version_line("tcpcopy"))
@@ -164,6 +166,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         p.error("option --pcap: cannot read %r" % args.offline_file)
     if args.speed < 1:
         args.speed = 1.0
+    check_unattended_options(p, args)
     for m in args.maps:
         if m.online_ip is None and m.online_port == m.target_port and args.iface and not args.filter:
             p.error("option -x: online port %d equals the target port and no online IP is given;"

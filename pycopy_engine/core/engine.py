@@ -16,7 +16,7 @@ import itertools
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import WireError
 from ..wire.control import encode_client_add, parse_record
@@ -24,6 +24,10 @@ from ..wire.tcpip import ACK, SYN, parse_ipv4_tcp
 from .mapping import AddressMapper, Key, Sampler, TargetMap, find_map
 from .session import ESTABLISHED, SYN_SENT, Session
 from .stats import Stats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .brake import EngineBrake
+    from .health import Health
 
 SESSION_OVERHEAD = 3000  # bytes a session costs beyond its buffered payload (measured, rounded up)
 TIME_WAIT = 6.0
@@ -74,6 +78,8 @@ class Engine:
         self._acks: Set[Session] = set()
         self._next_sweep = 0.0
         self.target_ips = {m.target_ip for m in cfg.maps}
+        self.brake: Optional["EngineBrake"] = None  # brake hook: set by the cli (issue 12)
+        self.health: Optional["Health"] = None  # health hook: set by the cli (issue 12)
         self.stats.add_gauge("sessions_active", lambda: len(self.sessions))
         self.stats.add_gauge("buffered_bytes", lambda: self.buffered)
 
@@ -122,6 +128,8 @@ class Engine:
             return
         flow = (seg.src, seg.sport, seg.dst, seg.dport, self.flow_tag)
         sessions = self.flows.get(flow)
+        if seg.plen and self.health is not None:  # health hook
+            self.health.on_data(flow, m, seg, sessions, now)
         flags = seg.flags
         if flags & SYN and not flags & ACK:
             c["syn_cnt"] += 1
@@ -159,6 +167,8 @@ class Engine:
 
     def _open(self, flow: tuple, seg, m: TargetMap, now: float) -> List[Session]:
         c = self.stats.c
+        if self.brake is not None and not self.brake.admit(m, now):  # brake hook
+            return []
         out = []
         self._enforce_memory(now)
         in_use = self._in_use
@@ -172,6 +182,8 @@ class Engine:
             self.time_wait.pop(key, None)
             out.append(s)
             c["sessions_opened"] += 1
+            if self.brake is not None:  # brake hook: its first SYN leaves now
+                self.brake.opened(key, now)
         self.flows[flow] = out
         self._enforce_memory(now)
         return [s for s in out if not s.ended]
@@ -190,6 +202,8 @@ class Engine:
             c["drop:record_" + exc.reason] += 1
             return
         key = (seg.dst, seg.dport, seg.src, seg.sport)
+        if self.brake is not None and self.brake.on_record(key, seg.flags, now):  # brake hook
+            return
         s = self.sessions.get(key)
         if s is None:
             if key in self.time_wait:
@@ -197,6 +211,8 @@ class Engine:
             else:
                 c["drop:resp_no_session"] += 1
             return
+        if seg.plen and self.health is not None:  # health hook
+            self.health.on_response(s, seg, now)
         s.on_response(seg, now)
 
     # ------------------------------------------------------------ time
@@ -211,6 +227,10 @@ class Engine:
         d = self._next_sweep
         if self._heap and self._heap[0][0] < d:
             d = self._heap[0][0]
+        if self.brake is not None:  # brake hook
+            bd = self.brake.next_deadline()
+            if bd is not None and bd < d:
+                d = bd
         return d
 
     def on_timer(self, now: float) -> None:
@@ -223,6 +243,8 @@ class Engine:
             s.on_timer(now)
             if not s.ended:
                 self.schedule(s)
+        if self.brake is not None:  # brake hook
+            self.brake.on_timer(now)
         if now >= self._next_sweep:
             self._next_sweep = now + 1.0
             self.sweep(now)
