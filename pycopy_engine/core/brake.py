@@ -7,7 +7,8 @@ replayed SYNs straight to the real clients, and intercept reports nothing.
 whose SYN-ACK (or RST) intercept has not reported within ``synack_wait`` is a
 failed handshake.  When, within the last ``window`` seconds, at least
 ``min_failures`` handshakes failed and they are at least ``ratio`` of the
-handshakes decided in that window, the target is *braked*: no new session is
+handshakes decided in that window from the first failure on (the successes
+before a burst of failures do not dilute it), the target is *braked*: no new session is
 opened to it (established ones carry on), the sessions still waiting for
 their SYN-ACK are ended (no SYN retransmission leaks more answers), and a
 probe SYN is sent from an unused client port after ``probe_interval``,
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..wire.control import encode_client_add
 from ..wire.tcpip import ACK, RST, SYN, build_ipv4_tcp, syn_options
+from .session import SYN_SENT
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -71,7 +73,8 @@ class TargetState:
                  "probe_key", "probe_sent", "probe_isn", "trips", "probes")
 
     def __init__(self) -> None:
-        self.outcomes: Deque[Tuple[float, bool]] = deque()  # (time decided, failed)
+        # (time decided, failed) of the window's outcomes from its first failure on
+        self.outcomes: Deque[Tuple[float, bool]] = deque()
         self.failed = 0  # failures among outcomes
         self.engaged = False
         self.since = 0.0
@@ -121,9 +124,10 @@ class Brake:
     def _outcome(self, t: Target, now: float, failed: bool) -> bool:
         """Record one handshake outcome; True if the target was just braked."""
         st = self.state(t)
-        st.outcomes.append((now, failed))
-        st.failed += failed
         self._prune(st, now)
+        if failed or st.outcomes:
+            st.outcomes.append((now, failed))
+            st.failed += failed
         if failed and self.on_failure is not None:
             self.on_failure(t, now)
         cfg = self.cfg
@@ -136,7 +140,7 @@ class Brake:
     def _prune(self, st: TargetState, now: float) -> None:
         limit = now - self.cfg.window
         q = st.outcomes
-        while q and q[0][0] < limit:
+        while q and (q[0][0] < limit or not q[0][1]):
             st.failed -= q.popleft()[1]
 
     def _engage(self, t: Target, st: TargetState, now: float) -> None:
@@ -154,11 +158,11 @@ class Brake:
     def expire(self, now: float) -> List[Target]:
         """Handshakes past their SYN-ACK wait fail; returns targets braked by them."""
         braked = []
-        limit = now - self.cfg.synack_wait
+        wait = self.cfg.synack_wait
         pending = self.pending
         while pending:
             key, (sent, t) = next(iter(pending.items()))
-            if sent > limit:
+            if sent + wait > now:  # the same sum as next_deadline(): no float drift
                 break
             del pending[key]
             if self._outcome(t, now, True):
@@ -281,12 +285,11 @@ class EngineBrake:
         c = self.e.stats.c
         for t in b.expire(now):
             c["brake_trips:target=" + target_name(t)] += 1
-            keys = b.pending_keys(t)
-            b.drop_pending(keys)
-            for k in keys:  # no SYN retransmission: each would leak one more answer
-                s = self.e.sessions.get(k)
-                if s is not None:
-                    s.end(now, "brake")
+            b.drop_pending(b.pending_keys(t))
+            # no SYN retransmission: each would leak one more answer
+            for s in [s for s in self.e.sessions.values()
+                      if s.state == SYN_SENT and s.tip == t[0] and s.tport == t[1]]:
+                s.end(now, "brake")
         for t in b.probes_due(now):
             self._probe(t, now)
 

@@ -201,10 +201,9 @@ class DelayLine:
     def due(self, now: float) -> List[Tuple[Any, bytes]]:
         """(tag, packet) of every packet whose time has come, in release order."""
         if self._waiting:
-            limit = now - self.rtt_wait
             while self._waiting:
                 key, t = next(iter(self._waiting.items()))
-                if t > limit:
+                if t + self.rtt_wait > now:  # the same sum as next_deadline()
                     break
                 f = self.flows[key]
                 self._resolve(key, f, self.median(), False)
