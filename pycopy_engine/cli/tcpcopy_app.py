@@ -260,6 +260,7 @@ class TcpCopyApp:
         install_log_reopen(self.loop, log)
         if self.capture is not None:
             self.loop.add_reader(self.capture.fileno(), self._on_capture)
+        tune_gc()  # before the replay's clock starts: a full collection takes a while
         if self.replay is not None:
             self.replay.start(self.loop.time())
         self.out.start()
@@ -267,7 +268,6 @@ class TcpCopyApp:
             self._progress_last = (self.loop.time(), 0)
             self.loop.call_later(0.5, self._progress)
         self._arm()
-        tune_gc()
         try:
             self.loop.run()
         except PycopyError as exc:
