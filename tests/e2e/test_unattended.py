@@ -46,6 +46,11 @@ def _wait(pred, timeout: float, step: float = 0.05):
     return None
 
 
+def _metrics(lab) -> str:
+    return lab.run("online", [sys.executable, "-c", "import urllib.request as u; print(u.urlopen("
+                              "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())"]).stdout
+
+
 def _client(lab, workdir: Path, tag: str, requests: int, connections: int, mode: str,
             delay: float):
     out = workdir / f"client-{tag}.json"
@@ -70,7 +75,7 @@ def test_brake_route_lost_mid_run_stops_new_sessions_and_resumes(lab, http_serve
                        "-j", "ACCEPT"])
     start = {h: len(s.records()) for h, s in http_servers.items()}
     ic = intercept(lab, workdir, name="ic-brake")
-    tc = tcpcopy(lab, workdir, name="tc-brake")
+    tc = tcpcopy(lab, workdir, name="tc-brake", extra=["--metrics", "127.0.0.1:9464"])
     client = None
     try:
         # new short connections arriving steadily (~50/s), for about 25 s
@@ -82,6 +87,7 @@ def test_brake_route_lost_mid_run_stops_new_sessions_and_resumes(lab, http_serve
         assert _wait(lambda: tc.stats().get(f"brake_trips:target={name}", 0) >= 1, 10), \
             "the brake never engaged: " + tc.log()[-2000:]
         syn_at_engaged = _counter(lab, "target", "pk-syn")
+        metrics_braked = _metrics(lab)
         line = next(x for x in tc.log().splitlines() if "brake engaged" in x)
         t_engaged = _log_time(line)
         time.sleep(max(0.0, t_del + 6.0 - time.time()))  # the route stays away 6 s
@@ -95,6 +101,8 @@ def test_brake_route_lost_mid_run_stops_new_sessions_and_resumes(lab, http_serve
         t_released = time.time()
         assert client.wait(60) == 0
         time.sleep(1.0)
+        metrics_end = _metrics(lab)
+        st = tc.stats()
         online = http_servers["online"].records()[start["online"]:]
         target = http_servers["target"].records()[start["target"]:]
     finally:
@@ -121,9 +129,21 @@ def test_brake_route_lost_mid_run_stops_new_sessions_and_resumes(lab, http_serve
     later = {r["path"] for r in online if r["time"] > t_released + 0.5}
     assert len(later) > 50
     assert later <= {r["path"] for r in target}
-    st = tc.stats()
     assert st.get("drop:brake", 0) > 0 and st.get(f"brake_probes:target={name}", 0) >= 1
     assert "brake engaged for target " + name in tc.log()
+    # health: in the JSON statistics and on /metrics, with the target as a label
+    assert len(online) - 2 <= st[f"requests_captured:target={name}"] <= len(online)
+    # served by the target but answered to the client directly: each leaked a packet
+    assert len(target) - leaked <= st[f"requests_completed:target={name}"] <= len(target)
+    assert st[f"handshakes_failed:target={name}"] >= 5
+    assert st[f"health_replication:target={name}"] < 1.0
+    lbl = f'{{target="{name}"}}'
+    assert f"pycopy_tcpcopy_brake_engaged{lbl} 1" in metrics_braked
+    assert f"pycopy_tcpcopy_brake_engaged{lbl} 0" in metrics_end
+    failed = re.search(r"pycopy_tcpcopy_health_handshakes_failed%s (\d+)" % re.escape(lbl),
+                       metrics_end)
+    assert failed and int(failed.group(1)) >= 5, metrics_end[-3000:]
+    assert f"pycopy_tcpcopy_requests_captured_total{lbl}" in metrics_end
 
 
 class Sniffer:
