@@ -27,8 +27,9 @@ from .common import (
     version_line,
     write_pid,
 )
+from .logreopen import install_log_reopen
 from .statsout import StatsOutput
-from .unattended import Unattended, install_log_reopen
+from .unattended import Unattended
 
 OFFLINE_TAIL = 10.0  # at most this long waiting for responses after the file ends
 ROUND_PORT_STRIDE = 7919  # each -T round moves client ports by this much (prime)

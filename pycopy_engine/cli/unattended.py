@@ -3,15 +3,13 @@ latency (``--delay``) and reopening the log file on SIGUSR1.
 
 ``add_unattended_options``/``check_unattended_options`` extend tcpcopy's
 parser; ``Unattended`` wires the sans-IO parts (core.brake, core.health,
-core.delay) into a running ``TcpCopyApp``; ``install_log_reopen`` serves both
-commands.  See docs/unattended.md.
+core.delay) into a running ``TcpCopyApp``.  SIGUSR1 (log reopen) is in
+cli/logreopen.py.  See docs/unattended.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from ..core.brake import BrakeConfig, EngineBrake
@@ -19,7 +17,6 @@ from ..core.delay import DelayLine, parse_delay
 from ..core.health import Health
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..io.loop import Loop
     from .tcpcopy_app import TcpCopyApp
 
 
@@ -122,29 +119,3 @@ class Unattended:
                                                  ratio * 100, ", BRAKE ENGAGED"
                                                  if b is not None and b.brake.engaged(t) else ""))
         return out
-
-
-def reopen_logs() -> int:
-    """Reopen every log file of the ``pycopy`` logger (after logrotate moved it)."""
-    n = 0
-    for h in logging.getLogger("pycopy").handlers:
-        if isinstance(h, logging.FileHandler):
-            h.acquire()
-            try:
-                if h.stream is not None:
-                    h.stream.flush()
-                    h.stream.close()
-                h.stream = h._open()
-                n += 1
-            finally:
-                h.release()
-    return n
-
-
-def install_log_reopen(loop: "Loop", log: logging.Logger) -> None:
-    """SIGUSR1 reopens the log file; the work is done by the loop, not in the handler."""
-    def reopen() -> None:
-        if reopen_logs():
-            log.log(25, "log file reopened (SIGUSR1)")
-
-    signal.signal(signal.SIGUSR1, lambda _s, _f: loop.call_soon_threadsafe(reopen))
