@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from tests.lab.netns import LabError
 from tests.lab.services import HttpServerProc
 
 from .procs import Proc, intercept
@@ -58,8 +59,12 @@ class Supervisor:
         while not self.stopping:
             if self.proc.proc.poll() is not None and not self.stopping:
                 time.sleep(0.5)
-                self.proc = self._start()
-                self.restarts += 1
+                try:
+                    self.proc = self._start()
+                except LabError:  # it exited again at start: try again, as systemd would
+                    continue
+                finally:
+                    self.restarts += 1
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -69,7 +74,6 @@ class Supervisor:
 
 
 def test_soak_short(lab, http_servers, workdir):
-    t_ip, a_ip = lab.ip["target"], lab.ip["assistant"]
     tc_log, ic_log = workdir / "soak-tcpcopy.log", workdir / "soak-intercept.log"
     for p in (tc_log, ic_log):
         for old in p.parent.glob(p.name + "*"):
@@ -173,7 +177,7 @@ def test_soak_short(lab, http_servers, workdir):
                if not any(a - 0.5 <= r["time"] <= b + RECOVERY for _n, a, b in faults)]
     assert not outside, [(r["path"], r["time"]) for r in outside[:10]]
     # after each fault, replication is back to 100 % of new requests within 10 s
-    for i, (name, a, b) in enumerate(faults):
+    for i, (name, _a, b) in enumerate(faults):
         nxt = faults[i + 1][1] if i + 1 < len(faults) else t_end - 1.0
         later = [r for r in online if b + RECOVERY < r["time"] < nxt]
         assert later or b + RECOVERY >= nxt, name
