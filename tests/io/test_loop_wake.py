@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 from pycopy_engine.io.loop import Loop
@@ -21,9 +22,12 @@ def test_call_soon_threadsafe_from_a_signal_handler_runs_at_once():
 
         old = signal.signal(signal.SIGUSR1, lambda _s, _f: loop.call_soon_threadsafe(cb))
         try:
-            loop.call_later(0.1, lambda: os.kill(os.getpid(), signal.SIGUSR1))
+            # sent from another thread while the loop sleeps in epoll_wait
+            timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGUSR1))
             t0 = time.monotonic()
+            timer.start()
             loop.run()
+            timer.join()
         finally:
             signal.signal(signal.SIGUSR1, old)
         assert ran and ran[0] - t0 < 1.0
