@@ -59,8 +59,14 @@ def record_trace(sessions: int, per_session: int):
     return trace, eng.stats.c["requests_sent"]
 
 
-def replay(trace):
+def replay(trace, unattended=False):
     eng = Engine(EngineConfig(maps=[TargetMap(ONLINE, 80, TARGET, 80)], seed=1))
+    if unattended:  # the brake and the health figures, as tcpcopy runs by default
+        from pycopy_engine.core.brake import BrakeConfig, EngineBrake
+        from pycopy_engine.core.health import Health
+
+        eng.health = Health(eng)
+        eng.brake = EngineBrake(eng, BrakeConfig())
     on_capture, on_record, take = eng.on_capture, eng.on_record, eng.take_output
     t0 = time.perf_counter()
     for kind, data, now in trace:
@@ -76,14 +82,16 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--unattended", action="store_true",
+                    help="with the brake and health hooks set (tcpcopy's default)")
     args = ap.parse_args()
     from pycopy_engine.cli.common import tune_gc
 
     tune_gc()  # as the commands do
     for name, per in (("keep-alive (100 req/conn)", 100), ("short (1 req/conn)", 1)):
         trace, reqs = record_trace(max(1, args.requests // per), per)
-        best = min(replay(trace)[0] for _ in range(3))
-        _t, eng = replay(trace)
+        best = min(replay(trace, args.unattended)[0] for _ in range(3))
+        _t, eng = replay(trace, args.unattended)
         assert eng.stats.c["requests_sent"] == reqs, (eng.stats.c["requests_sent"], reqs)
         n_c = sum(1 for k, _d, _n in trace if k == "c")
         print(f"{name:<28} {reqs} requests, {n_c} captured packets, {len(trace) - n_c} records: "

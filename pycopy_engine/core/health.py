@@ -77,6 +77,7 @@ class Health:
         self.clock = clock  # read only when figures are asked for (statistics)
         self.window_s = max(1, int(window))
         self.windows: Dict[Target, Window] = {}
+        self.keys: Dict[Target, Tuple[str, str, str]] = {}  # the running totals' counter names
         self.last_ack: "OrderedDict[tuple, int]" = OrderedDict()
         self.now = 0.0
         st = engine.stats
@@ -99,8 +100,18 @@ class Health:
         w = self.windows.get(t)
         if w is None:
             w = self.windows[t] = Window(self.window_s)
-        w.add(what, n, now)
-        self.e.stats.c["%s:target=%s" % (NAMES[what], target_name(t))] += n
+        sec = int(now)
+        if sec > w.base:
+            w._roll(sec)
+        if sec > w.base - w.size:
+            w.buckets[sec % w.size][what] += n
+        keys = self.keys.get(t)
+        if keys is None:
+            name = target_name(t)
+            keys = self.keys[t] = ("%s:target=%s" % (NAMES[0], name),
+                                   "%s:target=%s" % (NAMES[1], name),
+                                   "%s:target=%s" % (NAMES[2], name))
+        self.e.stats.c[keys[what]] += n
 
     # ---- hooks
     def on_data(self, flow: tuple, m: "TargetMap", seg: Any, sessions: Optional[list],
