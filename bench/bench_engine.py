@@ -62,8 +62,14 @@ def record_trace(sessions: int, per_session: int):
 CLOCK = time.perf_counter
 
 
-def replay(trace):
+def replay(trace, unattended=False):
     eng = Engine(EngineConfig(maps=[TargetMap(ONLINE, 80, TARGET, 80)], seed=1))
+    if unattended:  # the brake and the health figures, as tcpcopy runs by default
+        from pycopy_engine.core.brake import BrakeConfig, EngineBrake
+        from pycopy_engine.core.health import Health
+
+        eng.health = Health(eng)
+        eng.brake = EngineBrake(eng, BrakeConfig())
     on_capture, on_record, take = eng.on_capture, eng.on_record, eng.take_output
     t0 = CLOCK()
     for kind, data, now in trace:
@@ -82,6 +88,8 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true",
                     help="measure the process's CPU time, not wall time (on a busy machine)")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many passes")
+    ap.add_argument("--unattended", action="store_true",
+                    help="with the brake and health hooks set (tcpcopy's default)")
     args = ap.parse_args()
     global CLOCK
     if args.cpu:
@@ -91,8 +99,8 @@ def main() -> int:
     tune_gc()  # as the commands do
     for name, per in (("keep-alive (100 req/conn)", 100), ("short (1 req/conn)", 1)):
         trace, reqs = record_trace(max(1, args.requests // per), per)
-        best = min(replay(trace)[0] for _ in range(args.repeat))
-        _t, eng = replay(trace)
+        best = min(replay(trace, args.unattended)[0] for _ in range(args.repeat))
+        _t, eng = replay(trace, args.unattended)
         assert eng.stats.c["requests_sent"] == reqs, (eng.stats.c["requests_sent"], reqs)
         n_c = sum(1 for k, _d, _n in trace if k == "c")
         print(f"{name:<28} {reqs} requests, {n_c} captured packets, {len(trace) - n_c} records: "

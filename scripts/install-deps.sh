@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(iproute2 iptables nftables tcpdump wrk libpcap0.8 systemd-container debootstrap
-          openssh-client procps psmisc util-linux python3-venv ${PYCOPY_EXTRA_APT:-})
+          openssh-client procps psmisc util-linux python3-venv
+          prometheus  # promtool: checks deploy/prometheus/pycopy-alerts.yml (issue 12)
+          logrotate   # checks deploy/logrotate/pycopy (issue 12)
+          ${PYCOPY_EXTRA_APT:-})
 # the offline bundle build resolves Debian packages: it needs apt's package lists
 [[ -n $(ls /var/lib/apt/lists/*_Packages* 2>/dev/null) ]] || apt-get update -qq
 missing=()

@@ -33,6 +33,7 @@ from .common import (
     version_line,
     write_pid,
 )
+from .logreopen import install_log_reopen
 from .statsout import StatsOutput
 
 SNAPLEN = 128
@@ -241,6 +242,7 @@ class InterceptApp:
                      args.iface or "all interfaces", args.filter)
         write_pid(args.pidfile)
         install_stop_signals(self._stop)
+        install_log_reopen(self.loop, self.log)
         self.loop.add_reader(self.listener, self._accept)
         self.loop.add_reader(self.capture.fileno(), self._on_capture)
         self.loop.call_later(1.0, self._expire)

@@ -12,7 +12,10 @@ from ..io.loop import Loop
 
 GAUGES = ("sessions_active", "buffered_bytes", "control_queue_bytes", "control_links_up",
           "routes", "delayed_records", "tcpcopy_links", "capture_kernel_drops", "rss_bytes",
-          "session_cap", "evicted_tuples")
+          "session_cap", "evicted_tuples",
+          # issue 12: per target (label target="ip:port")
+          "brake_engaged", "health_requests_captured", "health_requests_completed",
+          "health_handshakes_failed", "health_replication", "delay_held")
 
 
 class StatsOutput:

@@ -27,6 +27,7 @@ from .common import (
     setup_logging,
     version_line,
 )
+from .unattended import add_unattended_options, check_unattended_options
 
 USAGE_EXAMPLE = """example:
   tcpcopy -x 80-10.0.0.12:8080 -s 10.0.0.13      copy port 80 to 10.0.0.12:8080,
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--probe-client", metavar="ADDR", type=opt_type("--probe-client", probe_client, "bad address"),
       help="--doctor: source address of the end-to-end probe (an unused address of the clients'"
            " network, routed via the assistant on the target); default: the first -c address")
+    add_unattended_options(a)
     add_common_options(a, "online")
     a("--seed", type=int, default=None, help=argparse.SUPPRESS)
     a("-v", "--version", action="version", version=version_line("tcpcopy"))
@@ -203,6 +205,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         p.error("option --pcap: cannot read %r" % args.offline_file)
     if args.speed < 1:
         args.speed = 1.0
+    check_unattended_options(p, args)
     for m in args.maps:
         if m.online_ip is None and m.online_port == m.target_port and args.iface and not args.filter:
             p.error("option -x: online port %d equals the target port and no online IP is given;"

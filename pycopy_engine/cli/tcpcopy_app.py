@@ -27,7 +27,9 @@ from .common import (
     version_line,
     write_pid,
 )
+from .logreopen import install_log_reopen
 from .statsout import StatsOutput
+from .unattended import Unattended
 
 OFFLINE_TAIL = 10.0  # at most this long waiting for responses after the file ends
 ROUND_PORT_STRIDE = 7919  # each -T round moves client ports by this much (prime)
@@ -72,6 +74,8 @@ class TcpCopyApp:
                 on_reconnect=self._reregister, on_all_lost=self._all_lost,
                 secret=read_secret(args.secret_file))
         self.out = StatsOutput(self.loop, "tcpcopy", stats, log, self._stat_lines, args)
+        self.unattended = Unattended(self)  # brake, health, --delay (issue 12)
+        self.delay = self.unattended.delay
 
     # ------------------------------------------------------------ set-up
 
@@ -112,7 +116,11 @@ class TcpCopyApp:
     def _on_capture(self) -> None:
         now = self.loop.time()
         on_capture = self.engine.on_capture
-        n = self.capture.read_batch(lambda pkt: on_capture(pkt, now))
+        if self.delay is not None:  # --delay: the engine sees the packet later
+            push = self.delay.push
+            n = self.capture.read_batch(lambda pkt: push(bytes(pkt), now))
+        else:
+            n = self.capture.read_batch(lambda pkt: on_capture(pkt, now))
         if n:
             self.first_packet = True
             self._flush()
@@ -127,6 +135,7 @@ class TcpCopyApp:
     def _flush(self) -> None:
         if self.engine.memory_due():
             self._check_memory()
+        self.unattended.log_events()
         ctl, tx = self.engine.take_output()
         self._send(ctl, tx)
         self._arm()
@@ -145,6 +154,10 @@ class TcpCopyApp:
             rd = self.replay.next_deadline()
             if rd is not None and rd < d:
                 d = rd
+        if self.delay is not None:
+            dd = self.delay.next_deadline()
+            if dd is not None and dd < d:
+                d = dd
         if self._timer_at is not None and self._timer_at <= d:
             return
         if self._timer is not None:
@@ -158,27 +171,41 @@ class TcpCopyApp:
         now = self.loop.time()
         if self.replay is not None:
             self._replay_due(now)
+        if self.delay is not None:
+            self._delay_due(now)
         self.engine.on_timer(now)
         self._flush()
 
     def _replay_due(self, now: float) -> None:
         eng = self.engine
         rp = self.replay
+        delay = self.delay
         for rnd, _ts, pkt in rp.due(now, 4096):
+            self.first_packet = True
+            if delay is not None:
+                delay.push(bytes(pkt), now, rnd)
+                continue
             eng.begin_round(rnd, (rnd - 1) * ROUND_PORT_STRIDE)
             eng.on_capture(pkt, now)
-            self.first_packet = True
         if rp.done and self._tail_deadline is None:
             self._tail_deadline = now + OFFLINE_TAIL
             self.log.log(25, "end of capture file: waiting up to %gs for %d session(s)",
                          OFFLINE_TAIL, eng.active_sessions)
             self._check_tail()
 
+    def _delay_due(self, now: float) -> None:
+        eng = self.engine
+        for rnd, pkt in self.delay.due(now):  # type: ignore[union-attr]
+            if rnd is not None:
+                eng.begin_round(rnd, (rnd - 1) * ROUND_PORT_STRIDE)
+            eng.on_capture(pkt, now)
+
     _tail_deadline: Optional[float] = None
     _progress_last: Tuple[float, int] = (0.0, 0)
 
     def _check_tail(self) -> None:
-        if not self.engine.active_sessions or self.loop.time() >= self._tail_deadline:  # type: ignore[operator]
+        held = self.delay.held if self.delay is not None else 0
+        if (not self.engine.active_sessions and not held) or self.loop.time() >= self._tail_deadline:  # type: ignore[operator]
             self.loop.stop()
             return
         self.loop.call_later(0.05, self._check_tail)
@@ -273,8 +300,10 @@ class TcpCopyApp:
             return 1
         write_pid(args.pidfile)
         install_stop_signals(self._stop)
+        install_log_reopen(self.loop, log)
         if self.capture is not None:
             self.loop.add_reader(self.capture.fileno(), self._on_capture)
+        tune_gc()  # before the replay's clock starts: a full collection takes a while
         if self.replay is not None:
             self.replay.start(self.loop.time())
         self.out.start()
@@ -283,7 +312,6 @@ class TcpCopyApp:
             self._progress_last = (self.loop.time(), 0)
             self.loop.call_later(0.5, self._progress)
         self._arm()
-        tune_gc()
         try:
             self.loop.run()
         except PycopyError as exc:
@@ -328,7 +356,7 @@ class TcpCopyApp:
         c = self.stats.c
         e = self.engine
         head = ["offline: " + self._progress_text()] if self.replay is not None else []
-        return head + [
+        return head + self.unattended.health_lines() + [
             "active:%d,rel:%d,obs del:%d,tw:%d" % (
                 e.active_sessions, c["sessions_closed"],
                 sum(self.stats.by_reason("sessions_failed").values()), e.time_wait_count),

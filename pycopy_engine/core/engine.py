@@ -17,7 +17,7 @@ import logging
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..errors import WireError
 from ..wire.control import encode_client_add, parse_record
@@ -29,6 +29,10 @@ from .session import Session
 from .stats import Stats
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .brake import EngineBrake
+    from .health import Health
 
 TIME_WAIT = 6.0
 
@@ -80,6 +84,8 @@ class Engine:
         self._next_sweep = 0.0
         self._error_types: Set[str] = set()  # internal errors already logged
         self.target_ips = {m.target_ip for m in cfg.maps}
+        self.brake: Optional["EngineBrake"] = None  # brake hook: set by the cli (issue 12)
+        self.health: Optional["Health"] = None  # health hook: set by the cli (issue 12)
         self.stats.add_gauge("sessions_active", lambda: len(self.sessions))
         self.stats.add_gauge("buffered_bytes", lambda: self.buffered)
         self.memory = MemoryGuard(cfg.mem_limit, self.stats)  # -m (core/memory.py)
@@ -145,6 +151,8 @@ class Engine:
         sessions = self.flows.get(flow)
         if sessions is None and self.memory.tombs and self.memory.dead(flow, seg, now):
             return  # -m: an evicted (or port-exhausted) session is not resurrected
+        if seg.plen and self.health is not None:  # health hook
+            self.health.on_data(flow, m, seg, sessions, now)
         flags = seg.flags
         if flags & SYN and not flags & ACK:
             c["syn_cnt"] += 1
@@ -191,6 +199,8 @@ class Engine:
 
     def _open(self, flow: tuple, seg, m: TargetMap, now: float) -> List[Session]:
         c = self.stats.c
+        if self.brake is not None and not self.brake.admit(m, now):  # brake hook
+            return []
         out = []
         in_use = self._in_use
         for copy in range(self.cfg.replicas):
@@ -215,6 +225,8 @@ class Engine:
             self.time_wait.pop(key, None)
             out.append(s)
             c["sessions_opened"] += 1
+            if self.brake is not None:  # brake hook: its first SYN leaves now
+                self.brake.opened(key, now)
         live = [s for s in out if not s.ended]  # (-m may evict a copy made just before)
         if not live:  # no port, or evicted at once: later segments are dropped, counted
             reason = "evicted" if out else "port_exhausted"  # (pool exhausted too)
@@ -237,6 +249,8 @@ class Engine:
             c["drop:record_" + exc.reason] += 1
             return
         key = (seg.dst, seg.dport, seg.src, seg.sport)
+        if self.brake is not None and self.brake.on_record(key, seg.flags, now):  # brake hook
+            return
         s = self.sessions.get(key)
         if s is None:
             if key in self.time_wait:
@@ -244,6 +258,8 @@ class Engine:
             else:
                 c["drop:resp_no_session"] += 1
             return
+        if seg.plen and self.health is not None:  # health hook
+            self.health.on_response(s, seg, now)
         try:
             s.on_response(seg, now)
         except Exception as exc:
@@ -289,6 +305,10 @@ class Engine:
         d = self._next_sweep
         if self._heap and self._heap[0][0] < d:
             d = self._heap[0][0]
+        if self.brake is not None:  # brake hook
+            bd = self.brake.next_deadline()
+            if bd is not None and bd < d:
+                d = bd
         return d
 
     def on_timer(self, now: float) -> None:
@@ -304,6 +324,8 @@ class Engine:
                 self._contain(s, exc, now)
             if not s.ended:
                 self.schedule(s)
+        if self.brake is not None:  # brake hook
+            self.brake.on_timer(now)
         if now >= self._next_sweep:
             self._next_sweep = now + 1.0
             self.sweep(now)

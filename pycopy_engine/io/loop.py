@@ -144,6 +144,15 @@ class Loop:
     def call_soon(self, callback: Callback) -> None:
         self._ready.append(callback)
 
+    def call_soon_threadsafe(self, callback: Callback) -> None:
+        """call_soon from a signal handler or another thread: wakes a loop
+        blocked in epoll_wait (the self-pipe of stop())."""
+        self._ready.append(callback)
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
     def _timer_cancelled(self) -> None:
         self._cancelled += 1
         if self._cancelled > _COMPACT_MIN and self._cancelled * 2 > len(self._timers):

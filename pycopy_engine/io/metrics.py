@@ -5,8 +5,10 @@ directory, fsync, rename), so a reader never sees half a file.
 
 ``render_prometheus`` turns a ``Stats.snapshot()`` into the Prometheus text
 format 0.0.4: ``"name"`` becomes the counter ``<prefix>_name_total``,
-``"name:reason"`` becomes ``<prefix>_name_total{reason="reason"}``, and names
-listed as gauges lose the ``_total`` suffix.
+``"name:reason"`` becomes ``<prefix>_name_total{reason="reason"}``
+(``"name:label=value"``, e.g. ``"brake_trips:target=10.0.0.12:80"``, gives
+``{target="10.0.0.12:80"}``), and names listed as gauges lose the ``_total``
+suffix.
 
 ``MetricsServer`` is a tiny non-blocking HTTP/1.0-style server on the
 project's event loop (``add_reader``/``add_writer``/``call_later``): it answers
@@ -28,6 +30,7 @@ from pycopy_engine.errors import ConfigError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BAD_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+_NAMED_LABEL = re.compile(r"^([a-z_][a-z0-9_]*)=(.*)$", re.S)
 
 
 # -- JSON file ------------------------------------------------------------------
@@ -139,8 +142,11 @@ def render_prometheus(
             if label is None:
                 lines.append(f"{full} {format_value(value)}")
             else:
+                lname, named = "reason", _NAMED_LABEL.match(label)
+                if named:
+                    lname, label = named.group(1), named.group(2)
                 lines.append(
-                    f'{full}{{reason="{escape_label_value(label)}"}} {format_value(value)}'
+                    f'{full}{{{lname}="{escape_label_value(label)}"}} {format_value(value)}'
                 )
     return "\n".join(lines) + "\n" if lines else ""
 

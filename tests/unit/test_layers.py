@@ -110,7 +110,9 @@ def test_sans_io_check_catches_what_it_is_for():
 # the engine's interface for the command-line layer
 ENGINE_API = {"on_capture", "on_record", "on_timer", "take_output", "next_deadline", "shutdown",
               "active_sessions", "time_wait_count", "registrations", "begin_round", "cfg",
-              "stats", "memory", "memory_due", "observe_rss", "use_port_pool"}
+              "stats", "memory", "memory_due", "observe_rss",
+              # components the cli installs and reads: issue 12, issue 10
+              "brake", "health", "rng", "use_port_pool"}
 
 
 def test_cli_uses_only_the_engines_interface():
