@@ -292,6 +292,8 @@ class Engine:
             c["internal_error:abort_failed"] += 1
             s.ended = True
             self.forget(s, now)
+        if s.flow not in self.flows:  # its later segments are dropped, not a fabricated session
+            self.memory.bury(s.flow, -1, now, "internal_error")
 
     # ------------------------------------------------------------ time
 

@@ -166,6 +166,8 @@ def test_exception_in_one_session_resets_it_and_the_others_carry_on(monkeypatch,
     c = eng.stats.c
     assert c["sessions_failed:internal_error"] == 2 and c["internal_error:ValueError"] == 2
     assert c["rst_sent:internal_error"] == 2
+    # their later segments are dropped, not turned into fabricated sessions
+    assert c["sessions_opened"] == 4 and c["drop:internal_error"] > 0
     # the target side of the failed sessions was reset, the others closed cleanly
     assert target.rst_rcvd == 2
     for port in (40000, 40003):
