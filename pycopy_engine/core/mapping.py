@@ -19,6 +19,7 @@ PORT_MIN = 1024
 LINEAR_PROBES = 8    # a taken port: try the next ones ...
 RANDOM_PROBES = 64   # ... then random ones, then scan them all before calling it exhausted
 MAX_IP_SLOTS = 16384  # -c: original client IPs remembered round-robin; the rest are hashed
+RESTART_SALT_SPAN = 0x10000 - PORT_MIN - 1  # 64511: every non-zero shift of the wrapped space
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,19 @@ def wrap_port(port: int) -> int:
     if port <= 0xFFFF:
         return port
     return PORT_MIN + (port - PORT_MIN) % (0x10000 - PORT_MIN)
+
+
+def restart_port_salt(start: float) -> int:
+    """The port salt of a tcpcopy process started at ``start`` (Unix seconds).
+
+    Sessions picked up mid-stream (no SYN captured: the connection is older
+    than this process) get their client ports shifted by it, because the
+    previous tcpcopy may have left that very 4-tuple open on the target when
+    it was killed.  It is never 0 (so never the port a SYN-captured copy of
+    the flow had), and two starts at least 1 s and less than 64,511 s
+    (17.9 h) apart always get different salts; nothing is stored.
+    """
+    return 1 + int(start) % RESTART_SALT_SPAN
 
 
 class PortExhausted(Exception):
