@@ -8,7 +8,14 @@ import pytest
 
 from pycopy_engine.cli import tcpcopy as tcli
 from pycopy_engine.core.engine import Engine
-from pycopy_engine.core.mapping import PORT_MIN, RESTART_SALT_SPAN, restart_port_salt, wrap_port
+from pycopy_engine.core.mapping import (
+    PORT_MIN,
+    RAND_SPAN,
+    RESTART_SALT_SPAN,
+    AddressMapper,
+    restart_port_salt,
+    wrap_port,
+)
 from pycopy_engine.wire.tcpip import SYN, parse_ipv4_tcp
 
 from .simtcp import SimClient, SimServer, Wire
@@ -39,16 +46,37 @@ def target_ports(wire: Wire) -> set:
     return {parse_ipv4_tcp(p).sport for p in wire.sent}
 
 
-def test_salt_is_never_zero_and_differs_between_starts():
-    assert restart_port_salt(0) == 1
-    salts = [restart_port_salt(T0 + s) for s in range(0, RESTART_SALT_SPAN, 7)]
-    assert 0 not in salts and len(set(salts)) == len(salts)
+def test_salt_is_above_every_R_inside_a_band_and_differs_between_starts():
+    assert restart_port_salt(0) == RAND_SPAN == 512
+    salts = [restart_port_salt(T0 + s) for s in range(RESTART_SALT_SPAN)]
+    assert len(set(salts)) == RESTART_SALT_SPAN  # every start second of 25.6 min its own salt
+    assert min(salts) == 512 and max(salts) == 2047  # > any R (< 512), < one -f band (2048)
     assert restart_port_salt(T0) == restart_port_salt(T0 + 0.5)  # one per second
-    assert restart_port_salt(T0) == restart_port_salt(T0 + RESTART_SALT_SPAN)  # 17.9 h period
-    # a shifted port never lands back on the port it started from, wrapped or not
-    for port in (1, 1023, PORT_MIN, 40000, 0xFFFF):
-        for salt in (1, 2, 1000, RESTART_SALT_SPAN - 1, RESTART_SALT_SPAN):
-            assert wrap_port(port + salt) != port
+    assert restart_port_salt(T0) == restart_port_salt(T0 + RESTART_SALT_SPAN)  # the period
+
+
+@pytest.mark.parametrize("shift", [0, 1, 31])
+def test_mid_stream_offsets_never_meet_syn_ones_nor_another_starts(shift):
+    """For every copy: the offset of a mid-stream flow under one start differs
+    from the offset under any R (a process that saw the SYN) and under any
+    other start salt; copy 0 stays in its -f band."""
+    m = AddressMapper(port_shift=shift)
+    port = 40000
+    for copy in (0, 1, 2, 5):
+        syn_ports = set()
+        for rand in range(RAND_SPAN):
+            m.rand = rand
+            m.shift = m.band + rand if shift else 0
+            syn_ports.add(m.preferred_port(port, copy))
+        mid_ports = [m.preferred_port(port, copy, restart_salt=restart_port_salt(T0 + s))
+                     for s in range(RESTART_SALT_SPAN)]
+        assert len(set(mid_ports)) == RESTART_SALT_SPAN, copy
+        assert not syn_ports & set(mid_ports), copy
+        if copy == 0:
+            # (ports wrap into 1024..65535 as in C: offsets count modulo 64512)
+            assert all((p - port - (shift << 11)) % (0x10000 - PORT_MIN) < 2048 for p in mid_ports)
+    for p in (1, 1023, PORT_MIN, 0xFFFF):  # wrapped: never back on the original port
+        assert all(wrap_port(p + salt) != p for salt in range(512, 2048))
 
 
 def test_restarted_process_picks_up_the_flow_on_another_port(monkeypatch):
@@ -71,7 +99,7 @@ def test_restarted_process_picks_up_the_flow_on_another_port(monkeypatch):
         second.capture(pkt, 0.001)
     second.advance(0.1)
     (port,) = target_ports(second)
-    assert port == 40000 + restart_port_salt(T0 + 2) and port != 40000
+    assert port == 40000 + restart_port_salt(T0 + 2)
     assert second.engine.stats.c["sessions_fake_syn"] == 1
     assert target.conns[(CLIENT, 40000)] is stale and stale.requests == 2  # untouched
     assert [line for peer, line in target.log if peer == (CLIENT, port)] == [b"GET 100 /r2",
