@@ -77,6 +77,10 @@ class AddressMapper:
     * ``-H``: a captured 127.0.0.1 source becomes this address.
     * ``-f``: every port is shifted by ``(f << 11) + R``; ``-n``: copy *i* is
       shifted by a further ``(2i - 1) * 32``, R being random per process.
+    * A flow older than the process (picked up mid-stream) uses the start
+      salt in place of R, and copy 0 is shifted by it even without ``-f``
+      (``restart_port_salt``): a restarted tcpcopy keeps clear of the
+      4-tuples its predecessor may have left open on the target.
     * The chosen 4-tuple is checked against live sessions (``in_use``) and
       moved to the next free port if taken; each such move is counted by the
       caller as an avoided collision.  When no port is free (one NAT'd client,
