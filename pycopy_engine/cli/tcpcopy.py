@@ -9,10 +9,11 @@ import argparse
 import os
 import socket
 import sys
+import time
 from typing import List, Optional, Sequence
 
 from ..core.engine import EngineConfig
-from ..core.mapping import TargetMap, expand_clt_ips
+from ..core.mapping import TargetMap, expand_clt_ips, restart_port_salt
 from ..core.stats import Stats
 from ..errors import ConfigError, PycopyError
 from ..wire.control import DEFAULT_PORT
@@ -173,7 +174,8 @@ def make_config(args: argparse.Namespace) -> EngineConfig:
         replicas=args.replicas, port_shift=args.port_shift, sample_percent=args.percent,
         gradual=args.gradual, only_syn=args.only_syn, no_wait=args.no_wait, mtu=args.mtu,
         mss=args.mss, rtt=args.rtt_ms / 1000.0, session_timeout=float(args.timeout),
-        keepalive_timeout=float(keepalive), mem_limit=args.mem_mb << 20, seed=args.seed)
+        keepalive_timeout=float(keepalive), mem_limit=args.mem_mb << 20, seed=args.seed,
+        restart_salt=restart_port_salt(time.time()))
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

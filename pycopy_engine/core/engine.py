@@ -59,6 +59,9 @@ class EngineConfig:
     idle_gap: float = 0.002        # quiet time that ends a response of another length
     max_rebuilds: int = 16
     seed: Optional[int] = None
+    # sessions picked up mid-stream: client ports use this per-start salt in
+    # place of R (mapping.restart_port_salt; the cli sets it, 0 = none)
+    restart_salt: int = 0
     extra: Dict[str, object] = field(default_factory=dict)
 
 
@@ -203,6 +206,9 @@ class Engine:
             return []
         out = []
         in_use = self._in_use
+        # A flow without a captured SYN is older than this process: the
+        # previous tcpcopy may still hold its 4-tuple open on the target.
+        restart_salt = 0 if seg.flags & SYN else self.cfg.restart_salt
         for copy in range(self.cfg.replicas):
             self.memory.before_open(self.sessions, now)  # -m: room under the session cap
             if self.pool is not None:
@@ -214,7 +220,8 @@ class Engine:
             else:
                 try:
                     key, skipped = self.mapper.allocate(seg.src, seg.sport, copy, m.target_ip,
-                                                        m.target_port, in_use, self.port_salt)
+                                                        m.target_port, in_use, self.port_salt,
+                                                        restart_salt)
                 except PortExhausted:
                     c["port_exhausted"] += 1  # every port of that client address is live: skip
                     continue

@@ -19,6 +19,8 @@ PORT_MIN = 1024
 LINEAR_PROBES = 8    # a taken port: try the next ones ...
 RANDOM_PROBES = 64   # ... then random ones, then scan them all before calling it exhausted
 MAX_IP_SLOTS = 16384  # -c: original client IPs remembered round-robin; the rest are hashed
+RAND_SPAN = 512  # R of -f/-n: random per process in [0, 512), as in C
+RESTART_SALT_SPAN = 1536  # start salts: RAND_SPAN .. 2047, inside one -f band of 2048 ports
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,21 @@ def wrap_port(port: int) -> int:
     return PORT_MIN + (port - PORT_MIN) % (0x10000 - PORT_MIN)
 
 
+def restart_port_salt(start: float) -> int:
+    """The start salt of a tcpcopy process started at ``start`` (Unix seconds).
+
+    Sessions picked up mid-stream (no SYN captured: the connection is older
+    than this process) use it in place of the random R of -f/-n, and copy 0
+    is shifted by it even without -f, because the previous tcpcopy may have
+    left that very 4-tuple open on the target when it was killed.  It is in
+    512..2047: above every R (so never the offset a SYN-captured flow had),
+    inside one -f band (copy 0 keeps its -f band), and two starts at least
+    1 s and less than 1,536 s (25.6 min) apart always get different salts;
+    nothing is stored.
+    """
+    return RAND_SPAN + int(start) % RESTART_SALT_SPAN
+
+
 class PortExhausted(Exception):
     """Every client port of one (client ip, target) pair is held by a live session."""
 
@@ -60,6 +77,10 @@ class AddressMapper:
     * ``-H``: a captured 127.0.0.1 source becomes this address.
     * ``-f``: every port is shifted by ``(f << 11) + R``; ``-n``: copy *i* is
       shifted by a further ``(2i - 1) * 32``, R being random per process.
+    * A flow older than the process (picked up mid-stream) uses the start
+      salt in place of R, and copy 0 is shifted by it even without ``-f``
+      (``restart_port_salt``): a restarted tcpcopy keeps clear of the
+      4-tuples its predecessor may have left open on the target.
     * The chosen 4-tuple is checked against live sessions (``in_use``) and
       moved to the next free port if taken; each such move is counted by the
       caller as an avoided collision.  When no port is free (one NAT'd client,
@@ -73,8 +94,9 @@ class AddressMapper:
         self.localhost_ip = localhost_ip
         rng = rng or random.Random()
         self.rng = rng
-        self.rand = rng.randrange(512)
-        self.shift = (port_shift << 11) + self.rand if port_shift else 0
+        self.rand = rng.randrange(RAND_SPAN)
+        self.band = port_shift << 11
+        self.shift = self.band + self.rand if port_shift else 0
         self._ip_slot: Dict[bytes, int] = {}
 
     def client_ip(self, orig_ip: bytes, copy: int = 0) -> bytes:
@@ -90,20 +112,28 @@ class AddressMapper:
             return self.localhost_ip
         return orig_ip
 
-    def preferred_port(self, orig_port: int, copy: int, salt: int = 0) -> int:
-        port = orig_port + self.shift + salt
+    def preferred_port(self, orig_port: int, copy: int, salt: int = 0,
+                       restart_salt: int = 0) -> int:
+        """``restart_salt``: a flow older than this process (mid-stream): the
+        start salt replaces R, and shifts copy 0 even without -f."""
+        if restart_salt:
+            rand = restart_salt
+            port = orig_port + self.band + rand + salt
+        else:
+            rand = self.rand
+            port = orig_port + self.shift + salt
         if copy:
-            port += (2 * copy - 1) * 32 + self.rand
+            port += (2 * copy - 1) * 32 + rand
         return wrap_port(port)
 
     def allocate(self, orig_ip: bytes, orig_port: int, copy: int, target_ip: bytes,
                  target_port: int, in_use: Callable[[Key], bool],
-                 salt: int = 0) -> Tuple[Key, int]:
+                 salt: int = 0, restart_salt: int = 0) -> Tuple[Key, int]:
         """(key the target will see, number of occupied ports skipped).
 
         Raises ``PortExhausted`` when every port of that client address is taken."""
         ip = self.client_ip(orig_ip, copy)
-        port = self.preferred_port(orig_port, copy, salt)
+        port = self.preferred_port(orig_port, copy, salt, restart_salt)
         key = (ip, port, target_ip, target_port)
         if not in_use(key):
             return key, 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 
 import pytest
 from lab_client import (
@@ -131,3 +132,105 @@ def test_firewall_opens_only_what_is_needed(lab, host, rule):
     assert "-P INPUT DROP" in rules
     ours = [r for r in rules if "--comment pycopy" in r]
     assert ours == [f"-A INPUT {rule} -m comment --comment pycopy -j ACCEPT"]
+
+
+# ---- running for days (issue 12): -L, restarts, log rotation, alert rules.
+# The kill test comes last in this module: it restarts tcpcopy.
+
+ALERT_RULES = "/etc/prometheus/rules/pycopy-alerts.yml"
+
+
+def _main_pid(host, unit: str) -> int:
+    return int(host.run("systemctl show -p MainPID --value %s", unit).stdout.strip() or 0)
+
+
+def _show(host, unit: str, *props: str) -> dict[str, str]:
+    out = host.run("systemctl show %s -p %s", unit, ",".join(props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_tcpcopy_runs_with_lonely_option(lab):
+    pid = _main_pid(lab["online"], "pycopy-tcpcopy.service")
+    argv = lab["online"].file(f"/proc/{pid}/cmdline").content.split(b"\0")
+    assert b"-L" in argv, argv
+
+
+@pytest.mark.parametrize(
+    ("host", "unit"),
+    [("assistant", "pycopy-intercept.service"), ("online", "pycopy-tcpcopy.service")],
+)
+def test_units_restart_on_failure_with_a_start_limit(lab, host, unit):
+    props = _show(lab[host], unit, "Restart", "RestartUSec", "StartLimitBurst",
+                  "StartLimitIntervalUSec")
+    assert props == {"Restart": "on-failure", "RestartUSec": "2s", "StartLimitBurst": "20",
+                     "StartLimitIntervalUSec": "10min"}, props
+
+
+@pytest.mark.parametrize(
+    ("host", "unit", "log", "user"),
+    [
+        ("online", "pycopy-tcpcopy.service", "/var/log/pycopy/tcpcopy.log", "pycopy-tcpcopy"),
+        ("assistant", "pycopy-intercept.service", "/var/log/pycopy/intercept.log",
+         "pycopy-intercept"),
+    ],
+)
+def test_installed_logrotate_config_rotates_the_live_log(lab, host, unit, log, user):
+    """The roles' /etc/logrotate.d file, applied to the running service: the log
+    is renamed, SIGUSR1 (systemctl kill) makes the service write a new one as
+    its own user, and the service keeps running (the same process)."""
+    h = lab[host]
+    conf = h.file(f"/etc/logrotate.d/{unit.removesuffix('.service')}")
+    assert conf.exists and f'"{log}" {{' in conf.content_string
+    pid = _main_pid(h, unit)
+    h.run("rm -f %s.1 %s.1.gz", log, log)
+    if h.exists("logrotate"):
+        assert h.run("logrotate -f -s /run/pycopy-verify.state %s", conf.path).rc == 0
+    else:  # the lab's minimal hosts have no logrotate: do what it does with this file
+        script = conf.content_string.split("postrotate", 1)[1].split("endscript", 1)[0]
+        assert h.run("mv %s %s.1", log, log).rc == 0
+        assert h.run("sh -c %s", script).rc == 0
+    deadline = time.monotonic() + 15
+    while "log file reopened (SIGUSR1)" not in h.run("cat %s || true", log).stdout:
+        assert time.monotonic() < deadline, f"{unit} did not reopen {log}"
+        time.sleep(0.5)
+    assert h.file(log).user == user
+    assert h.file(f"{log}.1").exists
+    assert _main_pid(h, unit) == pid and h.service(unit).is_running
+
+
+def test_alert_rules_installed_when_enabled(lab):
+    # molecule.yml turns tcpcopy_alert_rules on for lab-online (default: off)
+    rules = lab["online"].file(ALERT_RULES)
+    assert rules.exists and rules.mode == 0o644
+    assert "PycopyReplicationLow" in rules.content_string
+    assert not lab["assistant"].file(ALERT_RULES).exists
+
+
+def test_killed_tcpcopy_comes_back_and_replicates_again(lab):
+    """kill -9 of tcpcopy's main PID: systemd starts it again (Restart=on-failure)
+    and new requests reach the target again."""
+    h, unit = lab["online"], "pycopy-tcpcopy.service"
+    pid = _main_pid(h, unit)
+    restarts = int(_show(h, unit, "NRestarts")["NRestarts"])
+    assert pid > 0 and h.run("kill -9 %s", str(pid)).rc == 0
+    deadline = time.monotonic() + 30
+    while True:
+        new = _main_pid(h, unit)
+        if new not in (0, pid) and h.service(unit).is_running:
+            break
+        assert time.monotonic() < deadline, f"{unit} not restarted 30 s after kill -9 {pid}"
+        time.sleep(0.5)
+    assert int(_show(h, unit, "NRestarts")["NRestarts"]) == restarts + 1
+    assert not h.file(f"/proc/{pid}").exists
+    # replication works again: a batch of requests, every one on the target
+    # (a few tries while the new tcpcopy connects to intercept)
+    deadline = time.monotonic() + 60
+    while True:
+        tag, answers = send_requests(lab["client"], f"http://{DATA['online']}:{ONLINE_PORT}", 20)
+        lines = logged_paths(lab["target"], TARGET_LOG, tag, 20, wait=10)
+        got = {line.split()[2] for line in lines}
+        if set(answers) <= got:
+            break
+        assert time.monotonic() < deadline, (
+            f"after the restart, {len(set(answers) - got)} of 20 requests still not replicated")
+    print(f"tcpcopy {pid} killed; {new} replicates again")

@@ -62,3 +62,15 @@ def test_firewall_openings_closed_site_policy_kept(lab, host):
     rules = lab[host].run("iptables -S INPUT").stdout.splitlines()
     assert "-P INPUT DROP" in rules
     assert not [r for r in rules if "pycopy" in r]
+
+
+@pytest.mark.parametrize(
+    ("host", "path"),
+    [
+        ("online", "/etc/logrotate.d/pycopy-tcpcopy"),
+        ("assistant", "/etc/logrotate.d/pycopy-intercept"),
+        ("online", "/etc/prometheus/rules/pycopy-alerts.yml"),
+    ],
+)
+def test_logrotate_and_alert_rules_removed(lab, host, path):
+    assert not lab[host].file(path).exists
