@@ -139,6 +139,9 @@ def remove_pid(path: Optional[str]) -> None:
         pass
 
 
+_DAEMON = False  # set by daemonize(): SIGHUP stays ignored
+
+
 def daemonize() -> None:
     """fork, setsid, fork, stdio to /dev/null; SIGHUP ignored (as C -d)."""
     if os.fork():
@@ -147,6 +150,8 @@ def daemonize() -> None:
     if os.fork():
         os._exit(0)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    global _DAEMON
+    _DAEMON = True
     fd = os.open(os.devnull, os.O_RDWR)
     for n in (0, 1, 2):
         os.dup2(fd, n)
@@ -155,7 +160,12 @@ def daemonize() -> None:
 
 
 def install_stop_signals(stop: Callable[[int], None]) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    """SIGINT, SIGTERM and SIGHUP mean "stop", as in C, whatever the parent
+    left (nohup ignores SIGHUP); a daemon (-d) keeps ignoring SIGHUP."""
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    if not _DAEMON:
+        sigs.append(signal.SIGHUP)
+    for sig in sigs:
         signal.signal(sig, lambda s, _f: stop(s))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 

@@ -263,9 +263,13 @@ class EngineBrake:
 
     def on_record(self, key: "Key", flags: int, now: float) -> bool:
         """True when the record answered a probe (the engine then ignores it)."""
-        if not flags & (SYN | RST):
-            return False
         b = self.brake
+        if not flags & (SYN | RST):
+            # any answer proves the way back, e.g. the challenge ACK of a target's
+            # TIME_WAIT socket to our SYN (the session then resets it and retries)
+            if key in b.pending:
+                b.answered(key, now)
+            return False
         t = b.probe_for(key)
         if t is None:
             b.answered(key, now)
