@@ -301,7 +301,8 @@ def test_every_play_of_replay_is_fatal_on_any_error():
     plays = yaml.safe_load((REPO / "playbooks" / "replay.yml").read_text())
     preflight = yaml.safe_load(PREFLIGHT.read_text())
     check = yaml.safe_load((REPO / "playbooks" / "check.yml").read_text())
-    for play in [p for p in plays if "hosts" in p] + preflight + check:
+    interpreter = yaml.safe_load((REPO / "playbooks" / "interpreter.yml").read_text())
+    for play in [p for p in plays + check if "hosts" in p] + preflight + interpreter:
         assert play.get("any_errors_fatal") is True, play["name"]
 
 
