@@ -21,18 +21,6 @@ from .procs import Proc, intercept, tcpcopy
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture()
-def logs(http_servers):
-    start = {h: len(s.records()) for h, s in http_servers.items()}
-
-    def new(host: str, n: int = 0, timeout: float = 15.0):
-        s = http_servers[host]
-        recs = s.wait_records(start[host] + n, timeout) if n else s.records()
-        return recs[start[host]:]
-
-    return new
-
-
 def py_in(lab, host: str, code: str, timeout: float = 60.0) -> str:
     r = lab.run(host, [sys.executable, "-c", textwrap.dedent(code)], timeout=timeout, check=False)
     assert r.returncode == 0, r.stderr[-3000:]

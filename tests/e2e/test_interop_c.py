@@ -86,19 +86,6 @@ def c_tools() -> Path:
     return d
 
 
-@pytest.fixture()
-def logs(http_servers):
-    """Positions in both servers' logs before the test: a test reads only its own records."""
-    start = {h: len(s.records()) for h, s in http_servers.items()}
-
-    def new(host: str, n: int = 0, timeout: float = 15.0):
-        recs = (http_servers[host].wait_records(start[host] + n, timeout) if n
-                else http_servers[host].records())
-        return recs[start[host]:]
-
-    return new
-
-
 def settle(logs, host: str, n: int, timeout: float = 30.0):
     logs(host, n, timeout)
     time.sleep(1.0)

@@ -18,18 +18,6 @@ from .procs import Proc, intercept, tcpcopy
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture()
-def logs(http_servers):
-    start = {h: len(s.records()) for h, s in http_servers.items()}
-
-    def new(host: str, n: int = 0, timeout: float = 15.0):
-        s = http_servers[host]
-        recs = s.wait_records(start[host] + n, timeout) if n else s.records()
-        return recs[start[host]:]
-
-    return new
-
-
 def wait_for(pred, timeout: float = 20.0, every: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
