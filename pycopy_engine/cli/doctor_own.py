@@ -32,6 +32,7 @@ POOL_FAIL = 1024  # fewer pool ports than this: fewer than ~17 new sessions/s
 POOL_WARN = 8192
 PACKET_OUTGOING = 4
 RST_WAIT = 0.3  # after the SYN-ACK, how long to watch for the host's RST
+PROBE_TRIES = 3  # pool ports tried when the target's TIME_WAIT answers a bare ACK
 
 
 def check_own_address(o: DoctorOptions, rep: Report) -> None:
@@ -95,27 +96,26 @@ def check_own_address(o: DoctorOptions, rep: Report) -> None:
         rep.warn("probe", "probe skipped (needs CAP_NET_RAW, an -x target, a source address "
                           "and a pool port)")  # fmt: skip
         return
-    probe_own(o, rep, o.targets[0], own[0], random.choice(ports), bool(installed))
+    tries = random.sample(ports, min(PROBE_TRIES, len(ports)))
+    probe_own(o, rep, o.targets[0], own[0], tries, bool(installed))
 
 
-def probe_own(o: DoctorOptions, rep: Report, tgt: tuple[str, int], src: str, cport: int,
-              rule: bool) -> None:
-    thost, tport = tgt
-    check = f"probe {src}:{cport}->{thost}:{tport}"
+def _probe_once(src: str, thost: str, cport: int, tport: int, seq: int, wait: float
+                ) -> str | tuple[float | None, bool, bool, bool]:
+    """One SYN; (SYN-ACK time, RST in, bare ACK in, host's RST out) or the send error."""
     from pycopy_engine.io.bpf import attach_filter, compile_filter
 
-    seq = random.getrandbits(32)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0003))
-    synack = rst_out = None
+    synack = None
+    rst_in = ack_in = rst_out = False
     try:
         attach_filter(sock, compile_filter(
             f"tcp and host {thost} and port {tport} and host {src} and port {cport}"))
         sock.setblocking(False)
         err = _send_raw(_syn(src, thost, cport, tport, seq), thost)
         if err:
-            rep.fail(check, f"probe not sent: {err}", "check this host's OUTPUT firewall rules")
-            return
-        deadline = time.monotonic() + o.deadline
+            return err
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             r, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
             if not r:
@@ -129,23 +129,58 @@ def probe_own(o: DoctorOptions, rep: Report, tgt: tuple[str, int], src: str, cpo
             flags = pkt[((pkt[0] & 15) * 4) + 13]
             if addr[2] == PACKET_OUTGOING:
                 if flags & RST:
-                    rst_out = flags
+                    rst_out = True
                     break
-            elif flags & RST and synack is None:
-                rep.fail(check, f"the target answered RST: nothing listens on {thost}:{tport}",
-                         f"start the service on {thost} port {tport} or fix -x")  # fmt: skip
-                return
-            elif flags & (SYN | ACK) == SYN | ACK and synack is None:
-                synack = time.monotonic()
-                deadline = min(deadline, synack + RST_WAIT)
+            elif synack is None:
+                if flags & RST:
+                    rst_in = True
+                    break
+                if flags & (SYN | ACK) == SYN | ACK:
+                    synack = time.monotonic()
+                    deadline = min(deadline, synack + RST_WAIT)
+                elif flags & ACK:
+                    ack_in = True
+                    break
     finally:
         sock.close()
+    return synack, rst_in, ack_in, rst_out
+
+
+def probe_own(o: DoctorOptions, rep: Report, tgt: tuple[str, int], src: str,
+              cports: list[int], rule: bool) -> None:
+    """Probe from the first of ``cports`` whose 4-tuple the target has no socket for.
+
+    A bare ACK instead of a SYN-ACK is the target's TIME_WAIT socket of an
+    earlier session on the same 4-tuple (a pool port tcpcopy used within the
+    last minute): the way back works, so the next port is tried.
+    """
+    thost, tport = tgt
+    for n, cport in enumerate(cports):
+        check = f"probe {src}:{cport}->{thost}:{tport}"
+        seq = random.getrandbits(32)
+        got = _probe_once(src, thost, cport, tport, seq, o.deadline)
+        if isinstance(got, str):
+            rep.fail(check, f"probe not sent: {got}", "check this host's OUTPUT firewall rules")
+            return
+        synack, rst_in, ack_in, rst_out = got
+        if ack_in and synack is None and n + 1 < len(cports):
+            continue  # TIME_WAIT on the target for this 4-tuple: another port
+        break
+    if rst_in and synack is None:
+        rep.fail(check, f"the target answered RST: nothing listens on {thost}:{tport}",
+                 f"start the service on {thost} port {tport} or fix -x")  # fmt: skip
+        return
+    if ack_in and synack is None:
+        rep.warn(check, f"the target answered with a bare ACK from {len(cports)} port(s): "
+                        "its sockets of earlier sessions on these 4-tuples are in TIME_WAIT "
+                        "(the way back works)", "run the doctor again in a minute")  # fmt: skip
+        return
     if synack is None:
         rep.fail(check, f"no answer from {thost}:{tport} within {o.deadline:g} s",
                  "check the target's firewall and that it can reach this host's address")
         return
     _reset(src, thost, cport, tport, (seq + 1) & 0xFFFFFFFF)
-    if rst_out is None:
+    if not rst_out:
         rep.ok(check, "the target's SYN-ACK is captured here and the host's stack does not "
                       "answer it")  # fmt: skip
     elif rule:

@@ -262,6 +262,8 @@ class TcpCopyApp:
         for k in range(0, len(msgs), 4096):  # whole messages, well under the link's buffer
             peer.write(b"".join(msgs[k:k + 4096]))
         self.stats.c["control_reregistered"] += len(msgs)
+        if self.engine.brake is not None:  # a probe rides the new link at once
+            self.engine.brake.brake.probe_now(self.loop.time())
         self.log.info("link to intercept %s connected again; %d live session(s) re-registered",
                       peer.name, len(msgs))
 

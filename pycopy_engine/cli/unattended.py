@@ -97,9 +97,13 @@ class Unattended:
             return
         for kind, target, text in brake.drain_events():
             if kind == "engaged":
-                self.log.error("brake engaged for target %s: %s; the target's answers may be "
-                               "reaching real clients (its route via the assistant?): no new "
-                               "sessions to it until a probe's SYN-ACK is reported", target, text)
+                links = self.app.links
+                why = ("the target's answers may be reaching real clients (its route via the "
+                       "assistant?)")
+                if hasattr(links, "live_count") and links.live_count() == 0:
+                    why = "no link to intercept is up (-L reconnects; a probe follows each link)"
+                self.log.error("brake engaged for target %s: %s; %s: no new sessions to it "
+                               "until a probe's SYN-ACK is reported", target, text, why)
             else:
                 self.log.warning("brake released for target %s: %s; new sessions resume",
                                  target, text)

@@ -216,6 +216,14 @@ class Brake:
         self.events.append(("released", t, "a probe's answer was reported after %.1fs braked"
                             % (now - st.since)))
 
+    def probe_now(self, now: float) -> None:
+        """A control link came back: braked targets are probed at once, not after the
+        backed-off interval (the lost link, not the route, may have engaged the brake)."""
+        for st in self.targets.values():
+            if st.engaged and st.probe_key is None:
+                st.probe_gap = self.cfg.probe_interval
+                st.probe_at = now
+
     def next_deadline(self) -> Optional[float]:
         d: Optional[float] = None
         if self.pending:

@@ -36,6 +36,8 @@ class LinkError(PycopyError):
 
 
 BACKOFF_MIN = 0.5
+# a refused attempt costs nothing; every second intercept is back but unused is lost replay
+MAX_BACKOFF = 5.0
 
 
 class Server:
@@ -61,7 +63,7 @@ class InterceptLinks:
                  combined: bool = True, lonely: bool = False,
                  on_reconnect: Optional[Callable[[Peer], None]] = None,
                  on_all_lost: Optional[Callable[[], None]] = None,
-                 connect_timeout: float = 3.0, max_backoff: float = 30.0,
+                 connect_timeout: float = 3.0, max_backoff: float = MAX_BACKOFF,
                  stable_after: float = 5.0, min_backoff: float = BACKOFF_MIN,
                  secret: Optional[bytes] = None) -> None:
         self.loop = loop

@@ -87,7 +87,7 @@ def test_a_refused_link_backs_off_and_says_why_once(lab, workdir):
         log = tc.log()
         refused = [x for x in log.splitlines() if "refused: closed before the link was usable" in x]
         assert len(refused) == 2, log[-3000:]  # once per link, not once per attempt
-        assert "backing off up to 30s" in refused[0]
+        assert "backing off up to 5s" in refused[0]
     finally:
         tc.stop()
         ic.stop()

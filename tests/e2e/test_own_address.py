@@ -255,6 +255,46 @@ def test_doctor_own_address(lab, cloud, workdir):
         lab.run("online", ["nft", "delete", "table", "ip", "pycopy_noassist"], check=False)
 
 
+_PROBE = """
+import sys
+from pycopy_engine.cli.doctor import DoctorOptions, Report
+from pycopy_engine.cli.doctor_own import probe_own
+src, tgt, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
+rep = Report(sys.stdout)
+probe_own(DoctorOptions(), rep, (tgt, 80), src, ports, False)
+"""
+
+
+def test_doctor_probe_steps_over_a_target_time_wait(lab, cloud):
+    """A pool port whose 4-tuple the target still holds in TIME_WAIT (tcpcopy used it
+    within the last minute) draws a bare ACK, not a SYN-ACK: the doctor takes the next
+    port instead of reporting the target unreachable."""
+    import sys
+
+    free_port = 20199
+    for tw_port in range(20111, 20119):  # a SYN above the TIME_WAIT's sequence reopens it,
+        # one below draws a bare ACK: a fresh TIME_WAIT each round, until one does
+        # an HTTP/1.0 exchange from tw_port: the server closes first, its socket stays in TIME_WAIT
+        lab.run("online", [sys.executable, "-c", (
+            "import socket,sys\n"
+            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('{lab.ip['online']}', {tw_port})); s.connect(('{lab.ip['target']}', 80))\n"
+            "s.sendall(b'GET /tw HTTP/1.0\\r\\n\\r\\n')\n"
+            "while s.recv(4096): pass\n"
+            "s.close()\n")])
+        tw = lab.run("target", ["ss", "-Htn", "state", "time-wait",
+                                f"dst {lab.ip['online']}:{tw_port}"]).stdout
+        assert tw.strip(), "the lab's server did not close first: no TIME_WAIT to probe into"
+        out = lab.run("online", [sys.executable, "-c", _PROBE, lab.ip["online"],
+                                 lab.ip["target"], str(tw_port), str(free_port)]).stdout
+        assert "no answer" not in out and "FAIL" not in out, out
+        if f":{free_port}->" in out:
+            break
+        assert f":{tw_port}->" in out and "answers it with RST" in out, out
+    else:
+        raise AssertionError("eight probes into a TIME_WAIT, none answered with a bare ACK")
+    assert "answers it with RST" in out, out  # the next port got its SYN-ACK
+
 def test_privileged_steps_manage_the_rule_and_the_replayer_keeps_only_cap_net_raw(
         lab, cloud, logs, workdir):
     import sys

@@ -219,6 +219,23 @@ def test_probe_backoff_and_rst_answer_releases():
     assert not b.engaged(T) and b.events[-1][0] == "released"
 
 
+def test_a_link_back_probes_at_once_instead_of_after_the_backed_off_gap():
+    b = Brake(BrakeConfig(min_failures=2, ratio=1.0))
+    k = [(CLIENT, 1000 + i, TARGET, 8080) for i in range(3)]
+    b.syn_sent(k[0], 0.0)
+    b.syn_sent(k[1], 0.1)
+    assert b.expire(0.6) == [T]
+    b.probes_due(1.6)
+    b.probe_sent(T, k[2], 1, 1.6)
+    assert b.probes_due(2.2) == []  # unanswered: the next one only at 1.6 + 2.0
+    assert b.next_deadline() == pytest.approx(3.6)
+    b.probe_now(2.5)  # the control link is back
+    assert b.next_deadline() == pytest.approx(2.5) and b.probes_due(2.5) == [T]
+    b.probe_sent(T, k[2], 2, 2.5)
+    b.probe_now(2.6)  # a probe in flight is not replaced
+    assert b.probes_due(2.6) == [] and b.next_deadline() == pytest.approx(3.0)
+
+
 def test_bad_brake_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="window"):
         BrakeConfig(window=0).check()
