@@ -6,6 +6,12 @@ lossy 16-bit hash).  The table is bounded (least recently used first out) and
 routes expire after ``route_ttl`` seconds without use.  SYN- and RST-flagged
 records that arrive before their CLIENT_ADD wait in a delay table for up to
 ``delay_ttl`` seconds (30 s as in C) and are delivered when it arrives.
+
+Other records that beat their CLIENT_ADD (C drops them) wait too, but only
+``early_ttl`` seconds in a small table of their own: the race is real when
+intercept reads a capture batch before the control socket, and the record
+that loses it is the target's challenge ACK to a SYN that hit a TIME_WAIT
+socket, the one answer the session (and the safety brake) waits for.
 """
 
 from __future__ import annotations
@@ -22,18 +28,24 @@ SYN_OR_RST = 0x02 | 0x04
 class Router:
     def __init__(self, stats: Optional[Stats] = None, route_ttl: float = 1200.0,
                  max_routes: int = 1 << 20, delay_ttl: float = 30.0,
-                 max_delayed: int = 1 << 16) -> None:
+                 max_delayed: int = 1 << 16, early_ttl: float = 1.0,
+                 max_early: int = 4096) -> None:
         self.stats = stats or Stats()
         self.route_ttl = route_ttl
         self.max_routes = max_routes
         self.delay_ttl = delay_ttl
         self.max_delayed = max_delayed
+        self.early_ttl = early_ttl
+        self.max_early = max_early
         # key -> [conn, last_used]; order = least recently refreshed first
         self.routes: "OrderedDict[Key, list]" = OrderedDict()
         self.delayed: "OrderedDict[Key, Tuple[float, List[bytes]]]" = OrderedDict()
         self.n_delayed = 0
+        self.early: "OrderedDict[Key, Tuple[float, List[bytes]]]" = OrderedDict()
+        self.n_early = 0
         self.stats.add_gauge("routes", lambda: len(self.routes))
         self.stats.add_gauge("delayed_records", lambda: self.n_delayed)
+        self.stats.add_gauge("early_records", lambda: self.n_early)
 
     def add(self, key: Key, conn: Hashable, now: float) -> List[bytes]:
         """CLIENT_ADD: route ``key`` to ``conn``; returns records that were waiting for it."""
@@ -52,12 +64,18 @@ class Router:
             if len(routes) > self.max_routes:
                 routes.popitem(last=False)
                 c["route_evicted:table_full"] += 1
+        out: List[bytes] = []
         waiting = self.delayed.pop(key, None)
-        if waiting is None:
-            return []
-        self.n_delayed -= len(waiting[1])
-        c["delay_sent"] += len(waiting[1])
-        return waiting[1]
+        if waiting is not None:
+            self.n_delayed -= len(waiting[1])
+            c["delay_sent"] += len(waiting[1])
+            out = waiting[1]
+        early = self.early.pop(key, None)
+        if early is not None:  # after the delayed ones: a SYN-ACK precedes its ACKs
+            self.n_early -= len(early[1])
+            c["early_sent"] += len(early[1])
+            out = out + early[1]
+        return out
 
     def route(self, key: Key, rec: bytes, flags: int, now: float) -> Optional[Hashable]:
         """The connection a response record goes to, or None (delayed or dropped)."""
@@ -77,8 +95,16 @@ class Router:
                 slot[1].append(rec)
             self.n_delayed += 1
             c["delayed"] += 1
-        else:
+        elif self.n_early >= self.max_early:
             c["drop:no_route"] += 1
+        else:
+            slot = self.early.get(key)
+            if slot is None:
+                self.early[key] = (now, [rec])
+            else:
+                slot[1].append(rec)
+            self.n_early += 1
+            c["early"] += 1
         return None
 
     def drop_conn(self, conn: Hashable) -> int:
@@ -108,6 +134,15 @@ class Router:
             del delayed[key]
             self.n_delayed -= len(recs)
             c["drop:delay_expired"] += len(recs)
+        early = self.early
+        limit = now - self.early_ttl
+        while early:
+            key, (since, recs) = next(iter(early.items()))
+            if since >= limit:
+                break
+            del early[key]
+            self.n_early -= len(recs)
+            c["drop:no_route"] += len(recs)  # no CLIENT_ADD came: not ours
 
 
 class Combiner:

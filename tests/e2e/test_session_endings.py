@@ -250,11 +250,11 @@ def test_offline_replay_into_target_time_wait(env):
         stats = work / f"tw{rnd}.stats.json"
         argv = [sys.executable, "-m", "pycopy_engine.cli.tcpcopy", "-i", str(cap),
                 "-x", f"{online}:80-{t}:80", "-s", a, "--stats-json", str(stats),
-                # The target silently drops SYNs that hit its TIME_WAIT (PAWS) until the
-                # retransmission: the brake (issue 12) reads that as a lost route and stops
-                # new sessions (each counted as sessions_failed:brake). This test is about
-                # the sessions themselves; the interaction is an open point of issue 12.
-                "--no-brake"]
+                # The brake stays on: a SYN that meets a TIME_WAIT draws the target's
+                # challenge ACK (intercept holds one that beats its CLIENT_ADD, see
+                # core/router.py), which proves the way back; sessions it still ends
+                # are counted as sessions_failed:brake below.
+                ]
         done = lab.run("online", argv, check=False, timeout=120)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         recs = [r for r in target.wait_records(before + 2 * n, 3.0)[before:] if "/etw/" in r["path"]]

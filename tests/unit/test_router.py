@@ -18,17 +18,35 @@ def test_exact_tuple_routing():
     assert r.route(K2, b"rec", ACK, 1.0) == "b"
     other = (K1[0], K1[1], K1[2], 81)  # same client, other target port: no aliasing
     assert r.route(other, b"rec", ACK, 1.0) is None
-    assert r.stats.c["drop:no_route"] == 1
+    r.expire(1.5, routes=False)
+    assert r.stats.c["drop:no_route"] == 0  # held a moment for a late CLIENT_ADD ...
+    r.expire(2.01, routes=False)
+    assert r.stats.c["drop:no_route"] == 1  # ... then counted as not ours
 
 
 def test_synack_before_client_add_is_held_and_delivered():
     r = Router()
     assert r.route(K1, b"synack", SYN_ACK, 0.0) is None
     assert r.route(K1, b"rst", RST, 0.1) is None
-    assert r.route(K1, b"data", ACK, 0.2) is None  # only SYN/RST records wait
-    assert r.add(K1, "a", 0.3) == [b"synack", b"rst"]
+    assert r.route(K1, b"data", ACK, 0.2) is None
+    assert r.add(K1, "a", 0.3) == [b"synack", b"rst", b"data"]
     c = r.stats.c
-    assert (c["delayed"], c["delay_sent"], c["drop:no_route"]) == (2, 2, 1)
+    assert (c["delayed"], c["delay_sent"], c["early"], c["early_sent"]) == (2, 2, 1, 1)
+    assert c["drop:no_route"] == 0
+
+
+def test_a_challenge_ack_that_beats_its_client_add_waits_a_second_not_thirty():
+    """The target's ACK to a SYN that hit its TIME_WAIT, read before the CLIENT_ADD."""
+    r = Router(max_early=2)
+    assert r.route(K1, b"ack", ACK, 0.0) is None
+    assert r.add(K1, "a", 0.05) == [b"ack"]  # C drops it: the session would wait for nothing
+    r.route(K2, b"a1", ACK, 0.1)
+    r.route(K2, b"a2", ACK, 0.1)
+    r.route(K2, b"a3", ACK, 0.1)  # over the bound: dropped at once
+    assert r.stats.c["drop:no_route"] == 1 and r.n_early == 2
+    r.expire(1.2, routes=False)  # past early_ttl: not ours
+    assert r.n_early == 0 and r.stats.c["drop:no_route"] == 3
+    assert r.add(K2, "a", 1.3) == []
 
 
 def test_delayed_records_expire_after_30s():
