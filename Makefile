@@ -8,7 +8,7 @@ demo: deps            ## the main job on the built-in local lab (as root)
 	bash scripts/demo.sh
 
 test: deps            ## every test: unit, property, end-to-end, lint, Molecule
-	$(PY) -m pytest -ra $(PYTEST_ARGS) tests
+	$(PY) -m pytest -ra --durations=30 $(PYTEST_ARGS) tests
 
 deps:
 	bash scripts/install-deps.sh

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import Any, Callable, List, Sequence, Set, Tuple
 
 from ..core.engine import Engine
@@ -132,7 +133,7 @@ class OwnAddress:
             if not ports:
                 raise ConfigError("--drop-rule external: no port of %s is free here" % state)
         self.intervals = port_intervals(ports)
-        self.pool = PortPool(list(own), ports)
+        self.pool = PortPool(list(own), ports, epoch=time.time())  # salted across restarts
         engine.use_port_pool(self.pool, hostports.LivePorts())
         stats.add_gauge("port_pool_size", lambda: self.pool.size)
         log.log(25, "own-address mode: source %s, %d pool ports (each once per address) outside"

@@ -14,6 +14,12 @@ holds only ports the host's stack will not pick or is not using:
   released first.  The rest applies towards every target, which is stricter
   than "not towards the same target" and keeps the pool a single queue.
 
+Across restarts the pool does not start at its first port: it starts where a
+pool used at its sustained rate (``size / reuse_gap`` per second) since the
+epoch would be at the start time (``epoch``).  A previous process that stayed
+within that rate used only the slots just before the new start, so the new
+process reaches them last, after they have rested.
+
 The pool's slots are (own address, port) pairs: with several own addresses
 (``-c``) every port is available once per address, and the addresses take
 turns.  An empty pool is not an error: :meth:`PortPool.acquire` returns None
@@ -51,14 +57,21 @@ def port_intervals(ports: Iterable[int]) -> List[Tuple[int, int]]:
     return out
 
 
+def start_offset(epoch: float, size: int, reuse_gap: float = REUSE_GAP) -> int:
+    """Where a pool of ``size`` slots starts when the process starts at wall time ``epoch``."""
+    return int(epoch * size / reuse_gap) % size
+
+
 class PortPool:
     """Least-recently-released-first (address, port) allocation with a reuse gap."""
 
     def __init__(self, addresses: Sequence[bytes], ports: Iterable[int],
-                 reuse_gap: float = REUSE_GAP) -> None:
+                 reuse_gap: float = REUSE_GAP, epoch: Optional[float] = None) -> None:
         # (slot, time it may be used again); never-used slots are ready at once
         self._free: Deque[Tuple[Slot, float]] = deque(
             ((ip, p), float("-inf")) for p in ports for ip in addresses)
+        if epoch is not None and self._free:  # the restart salt (module docstring)
+            self._free.rotate(-start_offset(epoch, len(self._free), reuse_gap))
         self._held: Set[Slot] = set()
         self.reuse_gap = reuse_gap
         self.size = len(self._free)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pycopy_engine.core.engine import Engine, EngineConfig
 from pycopy_engine.core.mapping import TargetMap
-from pycopy_engine.core.portpool import PortPool, pool_ports, port_intervals
+from pycopy_engine.core.portpool import PortPool, pool_ports, port_intervals, start_offset
 from pycopy_engine.wire.tcpip import parse_ipv4_tcp
 
 from .simtcp import SimClient, SimServer, Wire
@@ -107,3 +107,21 @@ def test_pool_exhaustion_is_counted_not_a_crash():
     assert c["port_pool_exhausted"] == 1
     assert c["requests_sent"] == 0 and len(eng.sessions) == 1
     assert {parse_ipv4_tcp(p).sport for p in wire.sent} == {7000}
+
+
+def test_a_restart_starts_past_the_ports_the_previous_process_used():
+    """Two processes 10 s apart, the first at the pool's sustained rate (size / 60 s
+    per second): the second starts just past the first one's ports, so none of
+    them comes back before the 60 s the target's TIME_WAIT needs."""
+    ports = list(range(20000, 20600))  # 600 slots: 10 new sessions/s sustained
+    first = PortPool([ONLINE], ports, epoch=1_000_000.0)
+    used = []
+    for i in range(100):  # 10 s at 10/s
+        slot = first.acquire(i / 10)
+        assert slot is not None
+        used.append(slot)
+    second = PortPool([ONLINE], ports, epoch=1_000_010.0)
+    nxt = [second.acquire(0.0) for _ in range(500)]  # the 50 s of traffic after the restart
+    assert not set(used) & set(nxt)
+    assert start_offset(1_000_000.0, 600) != start_offset(1_000_000.5, 600)  # a restart in 0.5 s
+    assert PortPool([ONLINE], ports).acquire(0.0) == (ONLINE, 20000)  # no epoch: in order
