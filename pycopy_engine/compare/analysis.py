@@ -18,7 +18,9 @@ answers the body size and, when the sizes are equal, the body digest.
 Latency (time to the answer's last byte): a target regresses on an endpoint
 when its p50 or p99 rose against online's by more than the baseline's own
 change (in either direction) and, beyond the baseline's rise, by more than
-``max(20 % of online's, 5 ms)``.
+``max(20 % of online's, 5 ms)``. p99 is judged only with at least
+``min_samples_p99`` answers on each side: with fewer it is about the slowest
+answer, and one scheduling hiccup would make a regression.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Rules:
     latency_rel: float = 20.0  # percent of online's percentile
     latency_ms: float = 5.0
     min_samples: int = 5
+    min_samples_p99: int = 100  # below this a p99 is about the maximum: one hiccup
 
 
 def percentile(sorted_values: List[float], p: float) -> float:
@@ -215,6 +218,8 @@ class Analysis:
                     po = percentile(on, p)
                     change = percentile(v, p) - po
                     row[t]["change_p%d" % p] = round(change, 3)
+                    if p == 99 and min(len(on), len(v)) < r.min_samples_p99:
+                        continue
                     own = percentile(base, p) - po if use_base else 0.0
                     limit = max(po * r.latency_rel / 100.0, r.latency_ms)
                     if change > abs(own) and change - max(own, 0.0) > limit:

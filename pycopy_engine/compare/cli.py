@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="... and this many ms (default %(default)s)")
     p.add_argument("--min-samples", type=int, default=d.min_samples, metavar="N",
                    help="latency is judged with at least N answers each (default %(default)s)")
+    p.add_argument("--min-samples-p99", type=int, default=d.min_samples_p99, metavar="N",
+                   help="p99 is judged with at least N answers each (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no table on the terminal")
     return p
 
@@ -113,8 +115,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  % (name.replace("_", "-"), getattr(args, name)))
         if args.min_samples < 1:
             raise InputError("--min-samples %d: must be at least 1" % args.min_samples)
+        if args.min_samples_p99 < 1:
+            raise InputError("--min-samples-p99 %d: must be at least 1" % args.min_samples_p99)
         rules = Rules(args.relative_threshold, args.absolute_threshold, args.z,
-                      args.latency_pct, args.latency_ms, args.min_samples)
+                      args.latency_pct, args.latency_ms, args.min_samples, args.min_samples_p99)
         summary = run(args.dir, baseline, rules)
     except InputError as e:
         print("pycopy-compare: %s" % e, file=sys.stderr)

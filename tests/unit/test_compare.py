@@ -140,7 +140,25 @@ def test_latency_rule():
     assert _latency_run(10.0, 20.0, 24.0) == []  # only 4 ms beyond the baseline's rise
     assert _latency_run(60.0, 60.0, 10.0) == []  # faster is not a regression
     (g,) = _latency_run(10.0, 10.0, 60.0, baseline=False)
+    assert g["percentiles"] == ["p50"]  # 60 answers: p99 is not judged
+    (g,) = _latency_run(10.0, 10.0, 60.0, n=120, baseline=False)
     assert g["percentiles"] == ["p50", "p99"] and g["change_ms"]["p50"] == pytest.approx(50, 1)
+
+
+def _tail_run(n, slow):
+    """Online and baseline alike; the candidate has ``slow`` answers 40 ms late."""
+    an = Analysis(BASELINE)
+    for i in range(n):
+        ms = 10.0 + (i % 7) * 0.1
+        an.add(_rec("/t", _a(last=ms), {BASELINE: _a(last=ms + 0.05),
+                                        CANDIDATE: _a(last=ms + (40.0 if i < slow else 0.0))}, i))
+    return [g for g in an.summary()["regressions"] if g["kind"] == "latency"]
+
+
+def test_latency_p99_needs_enough_answers():
+    assert _tail_run(60, 1) == []  # one hiccup in 60: not a regression
+    (g,) = _tail_run(300, 6)  # a 2 % slow tail in 300 answers
+    assert g["percentiles"] == ["p99"]
 
 
 def test_planted_regressions_found_through_noise(tmp_path, capsys):
