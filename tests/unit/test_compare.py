@@ -236,3 +236,16 @@ def test_bad_lines_are_counted_not_fatal(tmp_path):
         fh.write('{"t": 1, "answers": {"online"\n[1]\n')
     assert main([str(d), "-q"]) == 0
     assert json.loads((d / "summary.json").read_text())["bad_lines"] == 2
+
+
+def test_gzipped_rotated_files_are_read(tmp_path):
+    import gzip
+
+    d = write_dir(tmp_path / "d", records(10))
+    plain = d / "compare-20261201-000000.jsonl"
+    with gzip.open(str(plain) + ".gz", "wt") as fh:
+        fh.write(plain.read_text())
+    plain.unlink()
+    assert main([str(d), "-q"]) == 0
+    s = json.loads((d / "summary.json").read_text())
+    assert s["records"] == 60 and s["files"][0].endswith(".jsonl.gz")
