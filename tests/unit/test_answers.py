@@ -368,3 +368,71 @@ def test_head_fast_path_agrees_with_the_full_parse(lines, crlf):
     assert fast[0] == slow[0]
     assert {k: v for k, v in fast[1].items() if k in keep} == {
         k: v for k, v in slow[1].items() if k in keep}
+
+
+@st.composite
+def _exchanges(draw):
+    """Random valid HTTP/1.1 request/answer pairs and what their summaries must say."""
+    n = draw(st.integers(1, 5))
+    reqs, answers, want = [], [], []
+    for i in range(n):
+        method = draw(st.sampled_from(["GET", "HEAD", "POST", "PUT"]))
+        path = "/p%d/%d?q=%d" % (i, draw(st.integers(0, 999)), i)
+        body = draw(st.binary(max_size=40)) if method in ("POST", "PUT") else b""
+        head = "%s %s HTTP/1.1\r\nHost: h\r\n" % (method, path)
+        if body and draw(st.booleans()):
+            mid = draw(st.integers(0, len(body)))
+            parts = [p for p in (body[:mid], body[mid:]) if p]
+            raw = (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"".join(
+                b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+        else:
+            raw = (head + "Content-Length: %d\r\n\r\n" % len(body)).encode() + body
+        reqs.append(raw)
+        status = draw(st.sampled_from([200, 201, 204, 304, 404, 500]))
+        if draw(st.booleans()):
+            doc = {"i": i, "v": draw(st.integers()), "l": [draw(st.text(max_size=5))]}
+            payload, ctype = json.dumps(doc).encode(), b"application/json"
+            fields = {"i": i, "v": doc["v"], "l[0]": doc["l"][0]}
+        else:
+            payload, ctype, fields = draw(st.binary(max_size=60)), b"application/octet-stream", None
+        no_body = method == "HEAD" or status in (204, 304)
+        last = i == n - 1
+        framing = draw(st.sampled_from(["length", "chunked"] + (["close"] if last else [])))
+        ans = b"HTTP/1.1 100 Continue\r\n\r\n" * draw(st.integers(0, 2))
+        ans += b"HTTP/1.1 %d X\r\nContent-Type: %s\r\n" % (status, ctype)
+        if no_body:
+            ans += b"Content-Length: %d\r\n\r\n" % len(payload)  # HEAD/204/304: no body follows
+        elif framing == "length":
+            ans += b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+        elif framing == "chunked":
+            step = draw(st.integers(1, 16))
+            ans += b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(
+                b"%x\r\n%s\r\n" % (len(payload[j:j + step]), payload[j:j + step])
+                for j in range(0, len(payload), step)) + b"0\r\n\r\n"
+        else:
+            ans += b"\r\n" + payload
+        answers.append(ans)
+        got_body = b"" if no_body else payload
+        want.append({"method": method, "path": path, "req_size": len(raw), "status": status,
+                     "size": len(got_body), "digest": digest(got_body),
+                     "fields": fields if (fields is not None and not no_body) else None})
+    return reqs, answers, want
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_exchanges(), st.lists(st.integers(0, 10_000), max_size=8),
+       st.lists(st.integers(0, 10_000), max_size=8))
+def test_random_valid_exchanges_any_split(ex, rcuts, acuts):
+    reqs, answers, want = ex
+
+    def pieces(data, cuts):
+        cuts = sorted({c % (len(data) + 1) for c in cuts})
+        edges = [0] + cuts + [len(data)]
+        return [data[a:b] for a, b in zip(edges, edges[1:])]
+
+    got, x = run(pieces(b"".join(reqs), rcuts), pieces(b"".join(answers), acuts))
+    assert x.errors == 0
+    assert [{"method": s.req["method"], "path": s.req["path"], "req_size": s.req["size"],
+             "status": s.answer["status"], "size": s.answer["size"],
+             "digest": s.answer["digest"], "fields": s.answer.get("fields")} for s in got] == want
+    assert all("error" not in s.answer for s in got)
