@@ -14,7 +14,7 @@ deps:
 	bash scripts/install-deps.sh
 
 unit: deps
-	$(PY) -m pytest -q -m "not lab" tests/unit tests/offline tests/metrics
+	$(PY) -m pytest -q -m "not lab" tests/unit tests/offline tests/metrics tests/compare
 
 e2e: deps
 	$(PY) -m pytest -q tests/e2e

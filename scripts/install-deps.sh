@@ -8,6 +8,7 @@ APT_PKGS=(iproute2 iptables nftables tcpdump wrk libpcap0.8 systemd-container de
           openssh-client procps psmisc util-linux python3-venv
           prometheus  # promtool: checks deploy/prometheus/pycopy-alerts.yml (issue 12)
           logrotate   # checks deploy/logrotate/pycopy (issue 12)
+          chromium    # renders pycopy-compare's report.html in the browser test (issue 9)
           ${PYCOPY_EXTRA_APT:-})
 # the offline bundle build resolves Debian packages: it needs apt's package lists
 [[ -n $(ls /var/lib/apt/lists/*_Packages* 2>/dev/null) ]] || apt-get update -qq
@@ -26,7 +27,7 @@ PY=${PYTHON:-python3}
 stamp=.cache/deps.stamp
 mkdir -p .cache
 if [[ ! -f $stamp || requirements-dev.txt -nt $stamp || pyproject.toml -nt $stamp ]] \
-   || ! "$PY" -c "import pycopy_engine, scapy, ansible, molecule, testinfra, paramiko" 2>/dev/null; then
+   || ! "$PY" -c "import pycopy_engine, scapy, ansible, molecule, testinfra, paramiko, jinja2" 2>/dev/null; then
   echo "install-deps: python packages"
   "$PY" -m pip install -q --disable-pip-version-check -r requirements-dev.txt
   "$PY" -m pip install -q --disable-pip-version-check -e .
