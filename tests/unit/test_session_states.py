@@ -121,9 +121,13 @@ def test_a_transition_missing_from_the_table_ends_the_session_as_internal_error(
 
 
 def test_state_changes_only_in_set_state():
-    """One place where transitions happen: no other code assigns ``.state``."""
+    """One place where transitions happen: no other session code assigns ``.state``
+    (other core modules, such as the HTTP/1.x decoder's, have states of their own)."""
     bad = []
     for path in CORE.glob("*.py"):
+        if path.name not in ("engine.py", "brake.py", "memory.py", "tee.py") and not (
+                path.name.startswith("session")):
+            continue
         tree = ast.parse(path.read_text())
         for fn in ast.walk(tree):
             if not isinstance(fn, ast.FunctionDef):
