@@ -1,0 +1,180 @@
+"""HTTP/1.x pieces for the answer summariser (issue 9, sans-IO).
+
+Heads are parsed whole (they are bounded by ``HEAD_LIMIT``); bodies stream
+through :class:`Body`, which hands decoded slices to a sink and never keeps
+them. JSON bodies become flat ``{path: scalar}`` maps (:func:`flatten`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+HEAD_LIMIT = 64 * 1024  # bytes of a request or answer head before it is garbage
+LINE_LIMIT = 4096  # a chunk-size or trailer line
+MAX_FIELDS = 512
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") +([^ \r\n]+) +HTTP/1\.([0-9])\r?$")
+STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) +([0-9]{3})(?:[ \t][^\r\n]*)?\r?$")
+# what the first bytes of a connection must look like for HTTP mode
+REQUEST_START = re.compile(rb"(" + _TOKEN + rb") +([^ \r\n]+) +HTTP/1\.[0-9]\r?\n")
+_TOKEN_PREFIX = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
+
+
+class Bad(Exception):
+    """Unparseable HTTP; the message is short and goes into ``"error": "parse: …"``."""
+
+
+def head_end(buf: bytes, pos: int) -> int:
+    """Index just past the blank line ending the head that starts at ``pos``, or -1."""
+    i = buf.find(b"\r\n\r\n", pos)
+    j = buf.find(b"\n\n", pos)
+    if i < 0:
+        return -1 if j < 0 else j + 2
+    if j < 0 or i + 4 <= j + 2:
+        return i + 4
+    return j + 2
+
+
+def looks_like_request(first: bytes) -> Optional[bool]:
+    """True/False once ``first`` (a connection's first client bytes) shows
+    whether it starts with an HTTP/1.x request line; None if it is too short
+    to tell."""
+    if REQUEST_START.match(first):
+        return True
+    if b"\n" in first:
+        return False
+    m = _TOKEN_PREFIX.match(first)
+    assert m is not None
+    if m.end() < len(first) and first[m.end():m.end() + 1] != b" ":
+        return False  # a byte that is neither a token character nor the space after one
+    return None
+
+
+def parse_head(head: bytes) -> Tuple[bytes, Dict[str, List[str]]]:
+    """Split a head into its first line and its header fields (lower-case names)."""
+    lines = head.decode("latin-1").split("\n")
+    first = lines[0].encode("latin-1")
+    fields: Dict[str, List[str]] = {}
+    last: Optional[List[str]] = None
+    for raw in lines[1:]:
+        line = raw[:-1] if raw.endswith("\r") else raw
+        if not line:
+            continue
+        if line[0] in " \t":  # obsolete line folding: continues the previous value
+            if last is None:
+                raise Bad("folded first header line")
+            last[-1] = last[-1] + " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise Bad("bad header line")
+        last = fields.setdefault(name.lower(), [])
+        last.append(value.strip())
+    return first, fields
+
+
+def framing(fields: Dict[str, List[str]], request: bool) -> Tuple[str, int]:
+    """("none"|"length"|"chunked"|"close", length) of a message's body."""
+    te = fields.get("transfer-encoding")
+    if te:
+        codings = [c.strip().lower() for v in te for c in v.split(",") if c.strip()]
+        if codings and codings[-1] == "chunked":
+            return "chunked", 0
+        if request:
+            raise Bad("request body without length")
+        return "close", 0
+    cl = fields.get("content-length")
+    if cl:
+        values = {c.strip() for v in cl for c in v.split(",")}
+        if len(values) != 1:
+            raise Bad("conflicting content-length")
+        value = values.pop()
+        if not value.isdigit() or len(value) > 18:
+            raise Bad("bad content-length")
+        return ("length", int(value)) if int(value) else ("none", 0)
+    return ("none", 0) if request else ("close", 0)
+
+
+Sink = Callable[[memoryview], None]
+_SIZE, _DATA, _CRLF, _TRAILER = range(4)
+
+
+class Body:
+    """Streams one body: ``feed`` consumes what it can of ``buf[pos:]`` and
+    returns the new position (unchanged when it needs more bytes to go on)."""
+
+    __slots__ = ("kind", "left", "state", "done")
+
+    def __init__(self, kind: str, length: int = 0) -> None:
+        self.kind = kind  # "length", "chunked", "close"
+        self.left = length
+        self.state = _SIZE
+        self.done = kind == "none"
+
+    def feed(self, buf: bytes, pos: int, sink: Optional[Sink]) -> int:
+        end = len(buf)
+        if self.kind == "close":
+            if sink is not None:
+                sink(memoryview(buf)[pos:])
+            return end
+        if self.kind == "length":
+            take = min(self.left, end - pos)
+            if sink is not None:
+                sink(memoryview(buf)[pos:pos + take])
+            self.left -= take
+            self.done = not self.left
+            return pos + take
+        return self._chunked(buf, pos, end, sink)
+
+    def _chunked(self, buf: bytes, pos: int, end: int, sink: Optional[Sink]) -> int:
+        while pos < end and not self.done:
+            if self.state == _DATA:
+                take = min(self.left, end - pos)
+                if sink is not None:
+                    sink(memoryview(buf)[pos:pos + take])
+                self.left -= take
+                pos += take
+                if not self.left:
+                    self.state = _CRLF
+                continue
+            nl = buf.find(b"\n", pos, pos + LINE_LIMIT)
+            if nl < 0:
+                if end - pos >= LINE_LIMIT:
+                    raise Bad("chunk line too long")
+                return pos  # the rest of the line comes later
+            line = buf[pos:nl]
+            pos = nl + 1
+            if self.state == _CRLF:
+                if line not in (b"", b"\r"):
+                    raise Bad("missing CRLF after chunk")
+                self.state = _SIZE
+            elif self.state == _SIZE:
+                m = _HEX.match(line)
+                if not m or len(m.group()) > 15:
+                    raise Bad("bad chunk size")
+                self.left = int(m.group(), 16)
+                self.state = _DATA if self.left else _TRAILER
+            elif line in (b"", b"\r"):  # _TRAILER: the blank line ends the body
+                self.done = True
+        return pos
+
+
+def flatten(doc: Any, limit: int = MAX_FIELDS) -> Tuple[Dict[str, Any], bool]:
+    """Scalar values of a JSON document by field path (``a.b``, ``items[0].id``);
+    the flag says whether fields beyond ``limit`` were left out."""
+    out: Dict[str, Any] = {}
+    stack: List[Tuple[str, Any]] = [("", doc)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(reversed([(f"{path}.{k}" if path else str(k), x) for k, x in v.items()]))
+        elif isinstance(v, list):
+            stack.extend(reversed([(f"{path}[{i}]", x) for i, x in enumerate(v)]))
+        else:
+            if len(out) >= limit:
+                return out, True
+            out[path] = v
+    return out, False
