@@ -19,8 +19,8 @@ from typing import Any, List, Optional
 from ..core.compare import DEFAULT_TIMEOUT, Comparer
 from ..core.stats import Stats
 from ..io import bpf
-from ..io.capture import open_packet_capture
 from ..io.loop import Loop
+from ..io.stamped import open_stamped_capture, read_stamped
 from ..wire.control_ext import CAP_ANSWERS
 from .common import int_range, opt_type
 
@@ -68,14 +68,24 @@ def check_compare_options(p: argparse.ArgumentParser, args: argparse.Namespace) 
         p.error("option --compare: invalid value %r: not writable" % d)
 
 
-def answer_filter(maps: Any) -> str:
-    """The online server's answers: ``tcp and ((src port P [and src host H]) or ...)``."""
+def online_filter(maps: Any) -> str:
+    """Both directions of the online service: for each map, ``dst port P and
+    dst host H`` (without an online IP: ``and not dst host T``, so that the
+    copies this host sends to a target T on the same port are not seen) or
+    ``src port P [and src host H]``."""
     terms: List[str] = []
     for m in maps:
-        ip = bpf.socket.inet_ntoa(m.online_ip) if m.online_ip else None
-        term = "src port %d" % m.online_port + (" and src host %s" % ip if ip else "")
-        if term not in terms:
-            terms.append(term)
+        tip = bpf.socket.inet_ntoa(m.target_ip)
+        if m.online_ip:
+            ip = bpf.socket.inet_ntoa(m.online_ip)
+            both = ["dst port %d and dst host %s" % (m.online_port, ip),
+                    "src port %d and src host %s" % (m.online_port, ip)]
+        else:
+            both = ["dst port %d and not dst host %s" % (m.online_port, tip),
+                    "src port %d and not src host %s" % (m.online_port, tip)]
+        for term in both:
+            if term not in terms:
+                terms.append(term)
     return "tcp and (" + " or ".join("(%s)" % t for t in terms) + ")"
 
 
@@ -168,17 +178,17 @@ class CompareOut:
         self.loop: Loop = app.loop
         self.log: logging.Logger = app.log
         eng = app.engine
+        self.offset = time.time() - self.loop.time()  # wall clock - loop clock
         self.comparer = Comparer(app.stats, eng.flow_of, eng.replicated,
-                                 timeout=args.compare_timeout,
-                                 wall_offset=time.time() - self.loop.time())
+                                 timeout=args.compare_timeout, wall_offset=self.offset)
         self.writer = JsonlWriter(args.compare, args.compare_max_mb << 20, args.compare_keep,
                                   app.stats, app.log)
-        expr = answer_filter(args.maps)
+        expr = online_filter(args.maps)
         ifaces = [i for i in (args.iface or "").split(",") if i] or None
-        # the answers leave this host: a tap that sees outgoing frames, whole
-        self.capture = open_packet_capture(ifaces, bpf.compile_filter(expr, bpf.DLT_RAW),
-                                           ignore_outgoing=False, snaplen=65535)
-        self.log.log(25, "--compare: records in %s, answers of the online server: %s",
+        # both directions of the online service, in the order the kernel saw
+        # them, with its timestamps: a tap that also sees outgoing frames
+        self.capture = open_stamped_capture(ifaces, bpf.compile_filter(expr, bpf.DLT_RAW))
+        self.log.log(25, "--compare: records in %s, online traffic observed: %s",
                      args.compare, expr)
         for name in ("compare_records", "compare_dropped", "compare_timeouts"):
             app.stats.c[name] += 0  # exported from the start, at 0
@@ -187,18 +197,17 @@ class CompareOut:
     caps = CAP_ANSWERS
 
     def start(self) -> None:
-        self.loop.add_reader(self.capture.fileno(), self._on_answers)
+        self.loop.add_reader(self.capture.fileno(), self._on_online)
         self._timer = self.loop.call_later(FLUSH_INTERVAL, self._tick)
         self.loop.call_later(EXT_WAIT, self._check_ext)
 
-    def feed_client(self, pkt, now: float) -> None:
-        self.app.engine.on_capture(pkt, now)
-        self.comparer.on_client(pkt, now)
-
-    def _on_answers(self) -> None:
+    def _on_online(self) -> None:
         now = self.loop.time()
-        on_server = self.comparer.on_server
-        self.capture.read_batch(lambda pkt: on_server(pkt, now))
+        offset = self.offset
+        on_online = self.comparer.on_online
+        # kernel capture times (wall clock) on the loop's clock; read time if none
+        read_stamped(self.capture, lambda pkt, ts: on_online(
+            pkt, now if ts is None else min(now, ts - offset)))
 
     def sent(self, tx: List[Any], now: float) -> None:
         on_sent = self.comparer.on_sent

@@ -122,7 +122,7 @@ class TcpCopyApp:
 
     def _on_capture(self) -> None:
         now = self.loop.time()
-        on_capture = self.engine.on_capture if self.compare is None else self.compare.feed_client
+        on_capture = self.engine.on_capture
         if self.delay is not None:  # --delay: the engine sees the packet later
             push = self.delay.push
             n = self.capture.read_batch(lambda pkt: push(bytes(pkt), now))
@@ -206,11 +206,10 @@ class TcpCopyApp:
 
     def _delay_due(self, now: float) -> None:
         eng = self.engine
-        on_capture = eng.on_capture if self.compare is None else self.compare.feed_client
         for rnd, pkt in self.delay.due(now):  # type: ignore[union-attr]
             if rnd is not None:
                 eng.begin_round(rnd, (rnd - 1) * ROUND_PORT_STRIDE)
-            on_capture(pkt, now)
+            eng.on_capture(pkt, now)
 
     _tail_deadline: Optional[float] = None
     _progress_last: Tuple[float, int] = (0.0, 0)

@@ -3,9 +3,11 @@ server and of every target copy (sans-IO; COMPARE.md §2).
 
 The cli feeds four streams, all with its own monotonic clock:
 
-- ``on_client(pkt, now)``: a captured client packet (after the engine saw it);
-  only flows the engine replicates are observed;
-- ``on_server(pkt, now)``: an answer of the online server (the second capture);
+- ``on_online(pkt, now)``: a packet of the online service, either direction,
+  from a capture of its own (the kernel's capture times); only flows the
+  engine replicates are observed (packets of a flow not known yet are held
+  ``orphan_ttl`` seconds, in case its copy starts: the engine reads another
+  socket);
 - ``on_sent(pkt, now)``: a packet tcpcopy sent to a target (the copy's request
   bytes, its SYN for the path measurement);
 - ``on_record(rec, now)`` / ``on_items(items, now)``: the target's answers,
@@ -78,7 +80,8 @@ class Comparer:
                  replicated: Callable[[tuple], bool], *, timeout: float = DEFAULT_TIMEOUT,
                  wall_offset: float = 0.0, exchange: Optional[Callable[[int], Any]] = None,
                  max_flows: int = 20000, max_rows: int = 1024, max_held: int = 256 << 10,
-                 idle: float = 120.0, stall: float = 0.5) -> None:
+                 idle: float = 120.0, stall: float = 0.5, max_orphans: int = 20000,
+                 orphan_ttl: float = 1.0) -> None:
         if exchange is None:
             from .answers import Exchange
 
@@ -99,6 +102,11 @@ class Comparer:
         self.copies: Dict[Key, Tuple[Flow, Conn]] = {}
         self.paths: Dict[str, float] = {}  # target label -> last measured path
         self.records: List[dict] = []
+        # packets of flows not known yet: key -> [(time, packet)], oldest key first
+        self.orphans: Dict[tuple, List[Tuple[float, bytes]]] = {}
+        self.orphan_count = 0
+        self.max_orphans = max_orphans
+        self.orphan_ttl = orphan_ttl
         stats.add_gauge("compare_flows", lambda: len(self.flows))
 
     def _new_conn(self, port: int, label: str) -> Conn:
@@ -107,39 +115,76 @@ class Comparer:
 
     # ------------------------------------------------------------ online side
 
-    def on_client(self, pkt, now: float) -> None:
+    def on_online(self, pkt, now: float) -> None:
+        """A packet of the online server's traffic, either direction, in capture order."""
         try:
             seg = parse_ipv4_tcp(pkt)
         except WireError:
             return
         key = (seg.src, seg.sport, seg.dst, seg.dport, 0)
-        f = self.flows.get(key)
-        if f is None or (seg.flags & SYN and not seg.flags & ACK and f.online.pair.req.nxt
-                         != (seg.seq + 1) & 0xFFFFFFFF):  # a new connection on the same port
+        flows = self.flows
+        f = flows.get(key)
+        if f is not None:  # from the client
+            if seg.flags & SYN and not seg.flags & ACK and f.online.pair.req.nxt is not None \
+                    and f.online.pair.req.nxt != (seg.seq + 1) & 0xFFFFFFFF:
+                self._end_flow(key, f, now)  # a new connection on the same client port
+                f = self._new_flow(key, now)
+                if f is None:
+                    return
+            self._feed(f, False, seg, now)
+            return
+        f = flows.get((seg.dst, seg.dport, seg.src, seg.sport, 0))
+        if f is not None:  # from the server
+            self._feed(f, True, seg, now)
+            return
+        if self.replicated(key):
+            f = self._new_flow(key, now)
             if f is not None:
-                self._end_flow(key, f, now)
-            if not self.replicated(key):
-                return
-            if len(self.flows) >= self.max_flows:
-                self.c["compare_dropped_flows"] += 1
-                return
-            f = Flow(_text(seg.src, seg.sport), self._new_conn(seg.dport, "online"))
-            self.flows[key] = f
-        f.last = now
-        f.online.pair.segment(False, seg.seq, seg.ack if seg.flags & ACK else None, seg.flags,
-                              bytes(seg.payload), now)
+                self._feed(f, False, seg, now)
+            return
+        # not (yet) known: the engine may not have read this flow's first packet
+        # (another socket); held a moment, replayed if a copy of it starts
+        orphans = self.orphans
+        if self.orphan_count >= self.max_orphans:
+            self.c["compare_orphans_dropped"] += 1
+            return
+        lst = orphans.get(key)
+        if lst is None:
+            orphans[key] = lst = []
+        lst.append((now, pkt if isinstance(pkt, bytes) else bytes(pkt)))
+        self.orphan_count += 1
 
-    def on_server(self, pkt, now: float) -> None:
-        try:
-            seg = parse_ipv4_tcp(pkt)
-        except WireError:
-            return
-        f = self.flows.get((seg.dst, seg.dport, seg.src, seg.sport, 0))
-        if f is None:
-            return
+    def _feed(self, f: Flow, answer: bool, seg: Any, now: float) -> None:
         f.last = now
-        f.online.pair.segment(True, seg.seq, seg.ack if seg.flags & ACK else None, seg.flags,
-                              bytes(seg.payload), now)
+        f.online.pair.segment(answer, seg.seq, seg.ack if seg.flags & ACK else None, seg.flags,
+                              seg.payload, now)
+
+    def _new_flow(self, key: tuple, now: float) -> Optional[Flow]:
+        if len(self.flows) >= self.max_flows:
+            self.c["compare_dropped_flows"] += 1
+            return None
+        f = Flow(_text(key[0], key[1]), self._new_conn(key[3], "online"))
+        f.last = now
+        self.flows[key] = f
+        held = self.orphans.pop(key, None)
+        back = self.orphans.pop((key[2], key[3], key[0], key[1], 0), None)
+        if held or back:
+            self.orphan_count -= len(held or ()) + len(back or ())
+            for t, _d, pkt in sorted([(t, 0, p) for t, p in held or ()]
+                                 + [(t, 1, p) for t, p in back or ()], key=lambda e: e[:2]):
+                seg = parse_ipv4_tcp(pkt)
+                self._feed(f, seg.src != key[0] or seg.sport != key[1], seg, t)
+        return f
+
+    def _expire_orphans(self, now: float) -> None:
+        orphans = self.orphans
+        limit = now - self.orphan_ttl
+        while orphans:
+            key, lst = next(iter(orphans.items()))
+            if lst[-1][0] > limit:
+                break
+            del orphans[key]
+            self.orphan_count -= len(lst)
 
     # ------------------------------------------------------------ target side
 
@@ -153,13 +198,18 @@ class Comparer:
         syn = seg.flags & SYN and not seg.flags & ACK
         if fc is None or (syn and fc[1].syn_at is not None and fc[1].pair.req.nxt != (seg.seq + 1)
                           & 0xFFFFFFFF):
+            if not syn and not seg.payload:
+                return  # the ACK, FIN or RST of a copy already written out
             info = self.flow_of(key)
             if info is None:
                 return
             flow, copy = info
-            f = self.flows.get(flow[:4] + (0,))
+            fkey = flow[:4] + (0,)
+            f = self.flows.get(fkey)
             if f is None:
-                return
+                f = self._new_flow(fkey, now)
+                if f is None:
+                    return
             label = _text(seg.dst, seg.dport) + ("#%d" % copy if copy else "")
             conn = self._new_conn(seg.dport, label)
             if fc is not None:  # the session was rebuilt: a new connection, same numbering
@@ -173,7 +223,7 @@ class Comparer:
         if syn:
             conn.syn_at = now
         conn.pair.segment(False, seg.seq, seg.ack if seg.flags & ACK else None, seg.flags,
-                          bytes(seg.payload), now)
+                          seg.payload, now)
 
     def _answer_time(self, conn: Conn, now: float) -> float:
         path = conn.path if conn.path is not None else self.paths.get(conn.label, 0.0)
@@ -222,6 +272,7 @@ class Comparer:
 
     def on_timer(self, now: float) -> None:
         """Force stalled streams, join summaries, emit complete and late records."""
+        self._expire_orphans(now)
         for key, f in list(self.flows.items()):
             f.online.pair.tick(now)
             self._take(f, f.online, now)
@@ -231,18 +282,17 @@ class Comparer:
             self._emit(f, now)
             done = f.online.pair.closed and all(c.pair.closed for c in f.copies.values())
             if (done and not f.rows) or now - f.last > self.idle:
-                self._end_flow(key, f, now)
+                self._end_flow(key, f, now, "closed" if done else "timeout")
 
     def _take(self, f: Flow, conn: Conn, now: float) -> None:
         got = conn.ex.take()
         if not got:
             return
-        pair = conn.pair
         online = conn is f.online
         for s in got:
             n = conn.taken
             conn.taken += 1
-            t = pair.starts.pop(0) if pair.starts else now
+            t = s.t
             row = f.rows.get(n)
             if row is None:
                 if len(f.rows) >= self.max_rows:
@@ -253,9 +303,7 @@ class Comparer:
             j = s.to_json()
             if online or row[2] is None:
                 row[2] = j.get("req")
-                proto = getattr(s, "proto", None)
-                row[3] = proto if isinstance(proto, str) else (
-                    "http" if isinstance(row[2], dict) and "method" in row[2] else "tcp")
+                row[3] = s.proto
             if online:
                 row[1] = t
             row[4][conn.label] = j.get("answer")
@@ -284,11 +332,11 @@ class Comparer:
             self.records.append(rec)
             self.c["compare_records"] += 1
 
-    def _end_flow(self, key: tuple, f: Flow, now: float) -> None:
-        f.online.pair.close(now)
+    def _end_flow(self, key: tuple, f: Flow, now: float, reason: str = "closed") -> None:
+        f.online.pair.close(now, reason)
         self._take(f, f.online, now)
         for k, conn in f.copies.items():
-            conn.pair.close(now)
+            conn.pair.close(now, reason)
             self._take(f, conn, now)
             if self.copies.get(k, (None,))[0] is f:
                 del self.copies[k]

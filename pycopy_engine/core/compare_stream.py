@@ -20,7 +20,7 @@ and feeds a sink (``core.answers.Exchange``: ``request_data``,
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 M32 = 0xFFFFFFFF
 FIN, SYN, RST = 0x01, 0x02, 0x04
@@ -51,7 +51,7 @@ class Half:
 
 class Pair:
     __slots__ = ("sink", "req", "ans", "stall", "max_held", "closed", "dup_bytes", "gaps",
-                 "gap_bytes", "last", "starts", "answered", "clock_floor", "rst_at")
+                 "gap_bytes", "last", "clock_floor", "rst_at")
 
     def __init__(self, sink: Any, stall: float = 0.5, max_held: int = 256 << 10) -> None:
         self.sink = sink
@@ -64,8 +64,6 @@ class Pair:
         self.gaps = 0
         self.gap_bytes = 0
         self.last = 0.0  # time of the last segment seen
-        self.starts: List[float] = []  # times requests started: request bytes after answer bytes
-        self.answered = True  # answer bytes came since the last request bytes
         self.clock_floor = 0.0  # answers are never timed before the last request byte
         self.rst_at: Optional[float] = None  # a RST was seen: close after ``stall``
 
@@ -122,18 +120,19 @@ class Pair:
         if self.closed:
             return
         if self.rst_at is not None and now - self.rst_at >= self.stall:
-            self.close(now)
+            self.close(now, "reset")
             return
         old = now - self.stall
         if (self.req.held and self.req.first_held <= old) or (
                 self.ans.held and self.ans.first_held <= old):
             self._pump(now, force=True)
 
-    def close(self, now: float) -> None:
+    def close(self, now: float, reason: str = "closed") -> None:
+        """The connection ended (``reason``: "closed", "reset", "timeout")."""
         if not self.closed:
             self._pump(now, force=True)
             self.closed = True
-            self.sink.close(now)
+            self.sink.close(now, reason)
 
     # ------------------------------------------------------------ delivery
 
@@ -186,19 +185,15 @@ class Pair:
             if h.held:
                 h.first_held = min(v[2] for v in h.held.values())
             if take_req:
-                if self.answered:
-                    self.answered = False
-                    self.starts.append(t)
                 if t > self.clock_floor:
                     self.clock_floor = t
                 sink.request_data(data, t)
             else:
-                self.answered = True
                 sink.answer_data(data, max(t, self.clock_floor))
         if ans.fin_at is not None and ans.nxt is not None and not ans.held and \
                 not seq_lt(ans.nxt, ans.fin_at):
             self.closed = True
-            sink.close(now)
+            sink.close(now, "closed")
 
     @property
     def held_bytes(self) -> int:

@@ -50,6 +50,8 @@ class Plan:
             return "POST", f"/upload/{tag}/{i}", upload_body(i, self.args.upload_size)
         if kind == "download":
             return "GET", f"/bytes/{self.args.download_size}?id={tag}-{i}", b""
+        if kind == "dyn":  # a body of a random size, chosen by each server on its own
+            return "GET", f"/dyn/{tag}/{i}", b""
         return "GET", f"/r/{tag}/{i}", b""
 
 
@@ -80,6 +82,8 @@ def verify(
         if len(data) != n or data != pattern(n):
             return f"download mismatch ({len(data)} of {n} bytes)"
         return None
+    if p.startswith("/dyn/"):
+        return None if data and data == b"d" * len(data) else "bad /dyn/ body"
     if f"server {expect}".encode() not in data and expect is not None:
         return "page not marked with the server name"
     return None
@@ -179,7 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--mode", choices=["keepalive", "close"], default="keepalive")
-    ap.add_argument("--kind", choices=["get", "upload", "download", "mixed"], default="get")
+    ap.add_argument("--kind", choices=["get", "upload", "download", "mixed", "dyn"], default="get")
     ap.add_argument("--upload-size", type=int, default=100 * 1024)
     ap.add_argument("--download-size", type=int, default=1 << 20)
     ap.add_argument("--expect-server", default=None)

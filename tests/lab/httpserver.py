@@ -196,7 +196,6 @@ class Server:
             "server": self.name,
             "time": round(time.time(), 6),
         }
-        self.pending_log.append(json.dumps(rec, separators=(",", ":")) + "\n")
         path = target.split("?", 1)[0]
         status = 200
         ctype = "text/html"
@@ -220,6 +219,10 @@ class Server:
             payload = (
                 f"<html><body><h1>server {self.name}</h1><p>{method} {target}</p></body></html>\n"
             ).encode()
+        # what was answered (extra keys: older readers ignore them)
+        rec["status"] = status
+        rec["resp_len"] = 0 if method == "HEAD" else len(payload)
+        self.pending_log.append(json.dumps(rec, separators=(",", ":")) + "\n")
         conn.reqs.append({"method": method, "path": target, "status": status,
                           "body_len": len(body), "time": rec["time"]})
         head = (
