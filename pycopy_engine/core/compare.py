@@ -31,11 +31,10 @@ and its payload capture (both under a millisecond on a LAN).
 
 from __future__ import annotations
 
-import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import WireError
-from ..wire.tcpip import ACK, RST, SYN, parse_ipv4_tcp
+from ..wire.tcpip import ACK, RST, SYN, ip_str, parse_ipv4_tcp
 from .compare_stream import Pair
 from .stats import Stats
 
@@ -46,7 +45,7 @@ Key = Tuple[bytes, int, bytes, int]
 
 
 def _text(ip: bytes, port: int) -> str:
-    return "%s:%d" % (socket.inet_ntoa(ip), port)
+    return "%s:%d" % (ip_str(ip), port)
 
 
 class Conn:
