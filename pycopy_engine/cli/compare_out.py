@@ -86,7 +86,12 @@ def online_filter(maps: Any) -> str:
         for term in both:
             if term not in terms:
                 terms.append(term)
-    return "tcp and (" + " or ".join("(%s)" % t for t in terms) + ")"
+    # pure ACKs say nothing the data segments do not: the kernel drops them
+    return "tcp and (%s) and (%s)" % (" or ".join("(%s)" % t for t in terms), NOT_PURE_ACK)
+
+
+NOT_PURE_ACK = ("(tcp[13] & 7 != 0) or "
+                "((ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) > 0)")
 
 
 class JsonlWriter:

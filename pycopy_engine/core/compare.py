@@ -63,7 +63,7 @@ class Conn:
 
 
 class Flow:
-    __slots__ = ("text", "online", "copies", "rows", "last")
+    __slots__ = ("text", "online", "copies", "rows", "last", "oldest")
 
     def __init__(self, text: str, online: Conn) -> None:
         self.text = text
@@ -72,6 +72,7 @@ class Flow:
         # request number -> [since, t, req, proto, {label: answer}]
         self.rows: Dict[int, list] = {}
         self.last = 0.0
+        self.oldest = 0.0  # creation time of the oldest row waiting
 
 
 class Comparer:
@@ -188,6 +189,9 @@ class Comparer:
     # ------------------------------------------------------------ target side
 
     def on_sent(self, pkt, now: float) -> None:
+        ihl = (pkt[0] & 0x0F) << 2
+        if not pkt[ihl + 13] & 7 and ((pkt[2] << 8) | pkt[3]) - ihl - ((pkt[ihl + 12] >> 4) << 2) <= 0:
+            return  # a pure ACK: nothing to observe
         try:
             seg = parse_ipv4_tcp(pkt)
         except WireError:
@@ -274,19 +278,20 @@ class Comparer:
         self._expire_orphans(now)
         for key, f in list(self.flows.items()):
             f.online.pair.tick(now)
-            self._take(f, f.online, now)
+            got = self._take(f, f.online, now)
             for conn in f.copies.values():
                 conn.pair.tick(now)
-                self._take(f, conn, now)
-            self._emit(f, now)
+                got = self._take(f, conn, now) or got
+            if got or (f.rows and now - f.oldest >= self.timeout):
+                self._emit(f, now)
             done = f.online.pair.closed and all(c.pair.closed for c in f.copies.values())
             if (done and not f.rows) or now - f.last > self.idle:
                 self._end_flow(key, f, now, "closed" if done else "timeout")
 
-    def _take(self, f: Flow, conn: Conn, now: float) -> None:
+    def _take(self, f: Flow, conn: Conn, now: float) -> bool:
         got = conn.ex.take()
         if not got:
-            return
+            return False
         online = conn is f.online
         for s in got:
             n = conn.taken
@@ -298,6 +303,8 @@ class Comparer:
                     self.c["compare_dropped"] += 1
                     continue
                 row = [now, None, None, None, {}]
+                if not f.rows:
+                    f.oldest = now
                 f.rows[n] = row
             j = s.to_json()
             if online or row[2] is None:
@@ -306,18 +313,21 @@ class Comparer:
             if online:
                 row[1] = t
             row[4][conn.label] = j.get("answer")
+        return True
 
     def _emit(self, f: Flow, now: float, final: bool = False) -> None:
         if not f.rows:
             return
         labels = ["online"] + [c.label for c in f.copies.values()]
-        closed = {"online": f.online.pair.closed}
-        closed.update((c.label, c.pair.closed) for c in f.copies.values())
+        want = len(labels)
+        late_before = now - self.timeout
+        oldest = None
         for n in sorted(f.rows):
             row = f.rows[n]
             answers = row[4]
-            late = final or now - row[0] >= self.timeout
-            if not late and any(lb not in answers for lb in labels):
+            if not final and row[0] > late_before and len(answers) < want:
+                if oldest is None or row[0] < oldest:
+                    oldest = row[0]
                 continue
             del f.rows[n]
             rec: Dict[str, Any] = {
@@ -326,10 +336,14 @@ class Comparer:
                 "answers": {lb: answers.get(lb) for lb in labels}}
             missing = [lb for lb in labels if lb not in answers]
             if missing:
+                closed = {"online": f.online.pair.closed}
+                closed.update((c.label, c.pair.closed) for c in f.copies.values())
                 rec["errors"] = {lb: "reset" if closed.get(lb) else "timeout" for lb in missing}
                 self.c["compare_timeouts"] += 1
             self.records.append(rec)
             self.c["compare_records"] += 1
+        if oldest is not None:
+            f.oldest = oldest
 
     def _end_flow(self, key: tuple, f: Flow, now: float, reason: str = "closed") -> None:
         f.online.pair.close(now, reason)

@@ -77,6 +77,20 @@ class Pair:
         self.last = now
         seq &= M32
         h = self.ans if answer else self.req
+        if not flags & 7 and data and seq == h.nxt and not h.held and not self.rst_at:
+            other = self.req if answer else self.ans
+            if ack is None or other.nxt is None or not seq_lt(other.nxt, ack):
+                # the common case: the next bytes, nothing held, causally in order
+                h.nxt = (seq + len(data)) & M32
+                if answer:
+                    self.sink.answer_data(data, now if now > self.clock_floor else self.clock_floor)
+                else:
+                    if now > self.clock_floor:
+                        self.clock_floor = now
+                    self.sink.request_data(data, now)
+                if other.held or (answer and h.fin_at is not None):
+                    self._pump(now)
+                return
         if flags & SYN:
             if h.nxt is None:
                 h.nxt = (seq + 1) & M32
