@@ -56,6 +56,7 @@ class AnswerPayloads:
         self.pending.pop(peer, None)
         if self.capture is not None and not any(v & CAP_ANSWERS for v in self.peers.values()):
             self.close()
+            self.app.log.info("no tcpcopy asks for answers any more: whole-answer capture stopped")
 
     def close(self) -> None:
         if self.capture is not None:

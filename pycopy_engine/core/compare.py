@@ -302,9 +302,10 @@ class Comparer:
                 if len(f.rows) >= self.max_rows:
                     self.c["compare_dropped"] += 1
                     continue
-                row = [now, None, None, None, {}]
-                if not f.rows:
-                    f.oldest = now
+                since = min(now, s.t)  # the timeout runs from the request
+                row = [since, None, None, None, {}]
+                if not f.rows or since < f.oldest:
+                    f.oldest = since
                 f.rows[n] = row
             j = s.to_json()
             if online or row[2] is None:

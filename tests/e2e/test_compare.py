@@ -41,6 +41,12 @@ def test_each_request_recorded_with_online_and_target_answers(lab, workdir, logs
         target = logs("target", n, timeout=20)
         # every record is written once all answers are in (no timeout expected here)
         assert tc.wait_stat("compare_records", n, timeout=15) >= n
+        assert "capturing whole answers for --compare" in ic.log()
+        tc.stop()
+        deadline = time.monotonic() + 10
+        while "whole-answer capture stopped" not in ic.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "whole-answer capture stopped" in ic.log()  # only while a tcpcopy asks
     finally:
         tc.stop()
         ic.stop()
@@ -72,3 +78,22 @@ def test_each_request_recorded_with_online_and_target_answers(lab, workdir, logs
     assert len({(r["flow"], r["n"]) for r in recs}) == n
     assert {r["n"] for r in recs if "cmpsc" in r["req"]["path"]} == {0}
     assert time.time() - 120 < min(r["t"] for r in recs) <= max(r["t"] for r in recs) < time.time()
+
+
+def test_without_compare_no_extension_is_spoken(lab, workdir, logs):
+    """A tcpcopy without --compare speaks 1.0 only: intercept never opens the
+    whole-answer capture and sends no extension frame."""
+    ic = intercept(lab, workdir, name="intercept-plain")
+    tc = tcpcopy(lab, workdir, name="tcpcopy-plain")
+    try:
+        res = run_client(lab, requests=30, connections=2, mode="keepalive", tag="plain10")
+        assert res["ok"] == 30
+        logs("target", 30)
+        assert tc.wait_stat("resp_content", 30) >= 30
+        ist, tst = ic.stats(), tc.stats()
+        assert ist.get("ext_requests", 0) == 0 and ist.get("ext_items_sent", 0) == 0
+        assert tst.get("ext_items", 0) == 0 and tst.get("compare_records", 0) == 0
+        assert "whole answers" not in ic.log()
+    finally:
+        tc.stop()
+        ic.stop()

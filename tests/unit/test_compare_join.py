@@ -156,3 +156,16 @@ def test_target_fin_closes_and_flow_is_forgotten():
     assert w.cmp.flows  # still open: no FIN from the servers yet
     w.cmp.finish(now + 1)
     assert not w.cmp.flows and not w.cmp.copies
+
+
+def test_counters_are_exported_to_prometheus():
+    from pycopy_engine.cli.statsout import GAUGES
+    from pycopy_engine.io.metrics import render_prometheus
+
+    w = World(timeout=2.0)
+    now = run_exchange(w, drop_target=(2,))
+    w.cmp.on_timer(now + 3)
+    text = render_prometheus("pycopy_tcpcopy", w.stats.snapshot(), GAUGES)
+    assert "pycopy_tcpcopy_compare_records_total 3\n" in text
+    assert "pycopy_tcpcopy_compare_timeouts_total 1\n" in text
+    assert "# TYPE pycopy_tcpcopy_compare_flows gauge" in text
