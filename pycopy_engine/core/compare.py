@@ -31,7 +31,7 @@ and its payload capture (both under a millisecond on a LAN).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ..errors import WireError
 from ..wire.tcpip import ACK, RST, SYN, ip_str, parse_ipv4_tcp
@@ -63,7 +63,7 @@ class Conn:
 
 
 class Flow:
-    __slots__ = ("text", "online", "copies", "rows", "last", "oldest")
+    __slots__ = ("text", "online", "copies", "rows", "last", "oldest", "low", "emitted")
 
     def __init__(self, text: str, online: Conn) -> None:
         self.text = text
@@ -73,6 +73,9 @@ class Flow:
         self.rows: Dict[int, list] = {}
         self.last = 0.0
         self.oldest = 0.0  # creation time of the oldest row waiting
+        # rows written: every n below ``low``, and those in ``emitted``
+        self.low = 0
+        self.emitted: Set[int] = set()
 
 
 class Comparer:
@@ -299,6 +302,9 @@ class Comparer:
             t = s.t
             row = f.rows.get(n)
             if row is None:
+                if n < f.low or n in f.emitted:  # came after its record was written
+                    self.c["compare_late_answers"] += 1
+                    continue
                 if len(f.rows) >= self.max_rows:
                     self.c["compare_dropped"] += 1
                     continue
@@ -343,6 +349,10 @@ class Comparer:
                 self.c["compare_timeouts"] += 1
             self.records.append(rec)
             self.c["compare_records"] += 1
+            f.emitted.add(n)
+        while f.low in f.emitted:
+            f.emitted.discard(f.low)
+            f.low += 1
         if oldest is not None:
             f.oldest = oldest
 

@@ -64,7 +64,9 @@ class Pair:
         self.gaps = 0
         self.gap_bytes = 0
         self.last = 0.0  # time of the last segment seen
-        self.clock_floor = 0.0  # answers are never timed before the last request byte
+        # times handed on never go back (kernel stamps from several CPUs, a
+        # corrected target time): an answer is never timed before its request
+        self.clock_floor = 0.0
         self.rst_at: Optional[float] = None  # a RST was seen: close after ``stall``
 
     # ------------------------------------------------------------ input
@@ -82,12 +84,12 @@ class Pair:
             if ack is None or other.nxt is None or not seq_lt(other.nxt, ack):
                 # the common case: the next bytes, nothing held, causally in order
                 h.nxt = (seq + len(data)) & M32
+                if now > self.clock_floor:
+                    self.clock_floor = now
                 if answer:
-                    self.sink.answer_data(data, now if now > self.clock_floor else self.clock_floor)
+                    self.sink.answer_data(data, self.clock_floor)
                 else:
-                    if now > self.clock_floor:
-                        self.clock_floor = now
-                    self.sink.request_data(data, now)
+                    self.sink.request_data(data, self.clock_floor)
                 if other.held or (answer and h.fin_at is not None):
                     self._pump(now)
                 return
@@ -201,9 +203,12 @@ class Pair:
             if take_req:
                 if t > self.clock_floor:
                     self.clock_floor = t
+                t = self.clock_floor
                 sink.request_data(data, t)
             else:
-                sink.answer_data(data, max(t, self.clock_floor))
+                if t > self.clock_floor:
+                    self.clock_floor = t
+                sink.answer_data(data, self.clock_floor)
         if ans.fin_at is not None and ans.nxt is not None and not ans.held and \
                 not seq_lt(ans.nxt, ans.fin_at):
             self.closed = True

@@ -118,6 +118,11 @@ def test_a_missing_target_answer_is_written_after_the_timeout():
     assert r["errors"] == {"10.1.0.12:8080": "timeout"}
     assert r["answers"]["online"]["status"] == 200
     assert w.stats.c["compare_timeouts"] == 1 and w.stats.c["compare_records"] == 3
+    # the answer comes after its record was written: counted, not a second record
+    tans = answer(200, b'{"id": 2, "name": "n2"}')
+    w.target(70001 + 2 * len(tans), 5001 + len(REQ[0]) * 3, ACK | PSH, tans, now + 3)
+    w.cmp.finish(now + 4)
+    assert w.cmp.take_records() == [] and w.stats.c["compare_late_answers"] == 1
 
 
 def test_unreplicated_flows_are_not_observed():
