@@ -216,7 +216,11 @@ class Comparer:
                 f = self._new_flow(fkey, now)
                 if f is None:
                     return
-            label = _text(seg.dst, seg.dport) + ("#%d" % copy if copy else "")
+            # one answer per target "ip:port"; a second copy of the flow to the
+            # same target (-n) is "ip:port#k"
+            label = _text(seg.dst, seg.dport)
+            if any(c.label == label for k, c in f.copies.items() if k != key):
+                label += "#%d" % (copy or len(f.copies))
             conn = self._new_conn(seg.dport, label)
             if fc is not None:  # the session was rebuilt: a new connection, same numbering
                 conn.taken = fc[1].taken
