@@ -40,6 +40,7 @@ from .http1 import (
     flatten,
     framing,
     head_end,
+    header_pattern,
     looks_like_request,
     parse_head,
 )
@@ -168,6 +169,7 @@ class Exchange:
         self.port = port
         self.json_limit = json_limit
         self.headers = tuple(h.lower() for h in headers)
+        self._wanted = header_pattern(self.headers)
         self.proto: Optional[str] = None  # "http" or "tcp" once known
         self.errors = 0  # garbage seen: requests or answers that did not parse
         self.closed = False
@@ -367,7 +369,7 @@ class Exchange:
                 if looks_like_request(buf[pos:pos + 256]) is False:
                     raise Bad("bad request line")
                 return pos
-            first, fields = parse_head(buf[pos:e])
+            first, fields = parse_head(buf[pos:e], self._wanted)
             m = REQUEST_LINE.match(first)
             if not m:
                 raise Bad("bad request line")
@@ -463,7 +465,7 @@ class Exchange:
             if not _HTTP1_PREFIX.startswith(start):
                 raise Bad("bad status line")
             return pos
-        first, fields = parse_head(buf[pos:e])
+        first, fields = parse_head(buf[pos:e], self._wanted)
         m = STATUS_LINE.match(first)
         if not m:
             raise Bad("bad status line")

@@ -53,10 +53,37 @@ def looks_like_request(first: bytes) -> Optional[bool]:
     return None
 
 
-def parse_head(head: bytes) -> Tuple[bytes, Dict[str, List[str]]]:
-    """Split a head into its first line and its header fields (lower-case names)."""
+_HEADER_LINES = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r?\n)*\r?\n")
+FRAMING = ("content-length", "transfer-encoding")
+
+
+def header_pattern(names: Tuple[str, ...]) -> "re.Pattern[bytes]":
+    """A pattern finding the lines of the header fields ``names`` (and those
+    that frame the body) in a head: the fast path of :func:`parse_head`."""
+    alt = b"|".join(re.escape(n.encode("latin-1")) for n in sorted(set(names) | set(FRAMING)))
+    return re.compile(rb"\n(" + alt + rb"):[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def parse_head(head: bytes, wanted: "Optional[re.Pattern[bytes]]" = None
+               ) -> Tuple[bytes, Dict[str, List[str]]]:
+    """Split a head into its first line and its header fields (lower-case
+    names): with ``wanted``, at least the fields it finds (only those, unless
+    the head has folded lines), all otherwise. Malformed header lines raise
+    :class:`Bad` either way."""
+    nl = head.find(b"\n")
+    if wanted is not None and _HEADER_LINES.fullmatch(head, nl + 1):
+        first = head[:nl - 1] if head[nl - 1:nl] == b"\r" else head[:nl]
+        found: Dict[str, List[str]] = {}
+        for m in wanted.finditer(head, nl):
+            name = m.group(1).decode("latin-1").lower()
+            found.setdefault(name, []).append(m.group(2).decode("latin-1").strip())
+        return first, found
+    return _parse_head_slow(head)
+
+
+def _parse_head_slow(head: bytes) -> Tuple[bytes, Dict[str, List[str]]]:
     lines = head.decode("latin-1").split("\n")
-    first = lines[0].encode("latin-1")
+    first = (lines[0][:-1] if lines[0].endswith("\r") else lines[0]).encode("latin-1")
     fields: Dict[str, List[str]] = {}
     last: Optional[List[str]] = None
     for raw in lines[1:]:
@@ -162,19 +189,40 @@ class Body:
         return pos
 
 
+class _Full(Exception):
+    pass
+
+
 def flatten(doc: Any, limit: int = MAX_FIELDS) -> Tuple[Dict[str, Any], bool]:
-    """Scalar values of a JSON document by field path (``a.b``, ``items[0].id``);
-    the flag says whether fields beyond ``limit`` were left out."""
+    """Scalar values of a JSON document by field path (``a.b``, ``items[0].id``)
+    in document order; the flag says whether fields beyond ``limit`` (or
+    nesting too deep to walk) were left out."""
     out: Dict[str, Any] = {}
-    stack: List[Tuple[str, Any]] = [("", doc)]
-    while stack:
-        path, v = stack.pop()
-        if isinstance(v, dict):
-            stack.extend(reversed([(f"{path}.{k}" if path else str(k), x) for k, x in v.items()]))
-        elif isinstance(v, list):
-            stack.extend(reversed([(f"{path}[{i}]", x) for i, x in enumerate(v)]))
+
+    def walk(v: Any, path: str) -> None:
+        if type(v) is dict:
+            for k, x in v.items():
+                p = path + "." + k if path else k
+                if type(x) is dict or type(x) is list:
+                    walk(x, p)
+                elif len(out) < limit:
+                    out[p] = x
+                else:
+                    raise _Full
         else:
-            if len(out) >= limit:
-                return out, True
-            out[path] = v
+            for i, x in enumerate(v):
+                p = "%s[%d]" % (path, i)
+                if type(x) is dict or type(x) is list:
+                    walk(x, p)
+                elif len(out) < limit:
+                    out[p] = x
+                else:
+                    raise _Full
+
+    if type(doc) is not dict and type(doc) is not list:
+        return {"": doc}, False
+    try:
+        walk(doc, "")
+    except (_Full, RecursionError):
+        return out, True
     return out, False

@@ -334,3 +334,37 @@ def test_untyped_body_is_parsed_only_when_it_looks_like_json():
                   b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n42", 0.1)
     a, b = x.take()
     assert a.answer["fields"] == {"[0]": 1, "[1]": 2} and "fields" not in b.answer
+
+
+_LINES = [b"Content-Type: application/json", b"content-length: 12", b"CONTENT-LENGTH:7",
+          b"Transfer-Encoding: gzip, chunked", b"Location:  /x/1  ", b"X-Other: a:b",
+          b"Host: h", b"Bad Line", b" folded", b"\tfolded", b"Content-Encoding:", b"A : b",
+          b"content-type: text/plain; charset=utf-8"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_LINES), max_size=8), st.booleans())
+def test_head_fast_path_agrees_with_the_full_parse(lines, crlf):
+    """parse_head's regex path finds the same wanted fields as the line-by-line
+    parse, and rejects the same heads."""
+    from pycopy_engine.core.http1 import Bad, _parse_head_slow, header_pattern, parse_head
+
+    eol = b"\r\n" if crlf else b"\n"
+    head = eol.join([b"HTTP/1.1 200 OK"] + lines) + eol + eol
+    wanted = ("content-type", "content-encoding", "location")
+    try:
+        slow = _parse_head_slow(head)
+    except Bad as e:
+        slow_err = str(e)
+    else:
+        slow_err = None
+    try:
+        fast = parse_head(head, header_pattern(wanted))
+    except Bad as e:
+        assert slow_err == str(e)
+        return
+    assert slow_err is None
+    keep = set(wanted) | {"content-length", "transfer-encoding"}
+    assert fast[0] == slow[0]
+    assert {k: v for k, v in fast[1].items() if k in keep} == {
+        k: v for k, v in slow[1].items() if k in keep}
