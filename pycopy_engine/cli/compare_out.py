@@ -195,6 +195,8 @@ class CompareOut:
         self.capture = open_stamped_capture(ifaces, bpf.compile_filter(expr, bpf.DLT_RAW))
         self.log.log(25, "--compare: records in %s, online traffic observed: %s",
                      args.compare, expr)
+        app.stats.add_gauge("compare_capture_drops",
+                            lambda: self.capture.kernel_stats().get("drops", 0))
         for name in ("compare_records", "compare_dropped", "compare_timeouts"):
             app.stats.c[name] += 0  # exported from the start, at 0
         self._timer: Any = None

@@ -17,7 +17,7 @@ GAUGES = ("sessions_active", "buffered_bytes", "control_queue_bytes", "control_l
           "brake_engaged", "health_requests_captured", "health_requests_completed",
           "health_handshakes_failed", "health_replication", "delay_held",
           # issue 9: --compare
-          "compare_flows")
+          "compare_flows", "compare_capture_drops")
 
 
 class StatsOutput:

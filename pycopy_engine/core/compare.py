@@ -351,6 +351,8 @@ class Comparer:
                 closed.update((c.label, c.pair.closed) for c in f.copies.values())
                 rec["errors"] = {lb: "reset" if closed.get(lb) else "timeout" for lb in missing}
                 self.c["compare_timeouts"] += 1
+                for lb in missing:
+                    self.c["compare_missing:" + ("online" if lb == "online" else "target")] += 1
             self.records.append(rec)
             self.c["compare_records"] += 1
             f.emitted.add(n)
@@ -374,6 +376,8 @@ class Comparer:
             if p.gaps:
                 self.c["compare_gaps"] += p.gaps
                 self.c["compare_gap_bytes"] += p.gap_bytes
+            if p.stalls:
+                self.c["compare_stalls:" + ("online" if conn is f.online else "target")] += p.stalls
         self.flows.pop(key, None)
 
     def finish(self, now: float) -> None:

@@ -51,7 +51,7 @@ class Half:
 
 class Pair:
     __slots__ = ("sink", "req", "ans", "stall", "max_held", "closed", "dup_bytes", "gaps",
-                 "gap_bytes", "last", "clock_floor", "rst_at")
+                 "gap_bytes", "last", "clock_floor", "rst_at", "stalls")
 
     def __init__(self, sink: Any, stall: float = 0.5, max_held: int = 256 << 10) -> None:
         self.sink = sink
@@ -68,6 +68,7 @@ class Pair:
         # corrected target time): an answer is never timed before its request
         self.clock_floor = 0.0
         self.rst_at: Optional[float] = None  # a RST was seen: close after ``stall``
+        self.stalls = 0  # times held bytes were forced out after ``stall``
 
     # ------------------------------------------------------------ input
 
@@ -141,6 +142,7 @@ class Pair:
         old = now - self.stall
         if (self.req.held and self.req.first_held <= old) or (
                 self.ans.held and self.ans.first_held <= old):
+            self.stalls += 1
             self._pump(now, force=True)
 
     def close(self, now: float, reason: str = "closed") -> None:

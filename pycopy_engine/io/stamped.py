@@ -24,9 +24,13 @@ _ZERO4 = bytes(4)
 StampedHandle = Callable[[Any, Optional[float]], Any]
 
 
-def open_stamped_capture(ifaces: Optional[list], program: bytes, snaplen: int = 65535) -> Any:
+def open_stamped_capture(ifaces: Optional[list], program: bytes, snaplen: int = 65535,
+                         ring_bytes: int = 32 << 20, block_timeout_ms: int = 10) -> Any:
+    """Packets carry their own time, so a block may wait ``block_timeout_ms``
+    to fill: the ring then holds ~256 such periods, not 128 one-millisecond ones."""
     return open_packet_capture(ifaces, program, ignore_outgoing=False, snaplen=snaplen,
-                               version=3, ring_bytes=16 << 20)
+                               version=3, ring_bytes=ring_bytes,
+                               block_timeout_ms=block_timeout_ms)
 
 
 def read_stamped(cap: Any, handle: StampedHandle) -> int:
