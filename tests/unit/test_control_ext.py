@@ -103,3 +103,17 @@ def test_ext_reader_gives_the_same_records_with_frames_interleaved_at_any_split(
     if combined:
         with pytest.raises(ProtocolError):
             FrameDecoder(combined=True).feed(extra[0])
+
+
+def test_request_after_the_authentication_record():
+    from pycopy_engine.wire.control import check_auth, encode_auth
+
+    secret = b"s3cret"
+    dec = ClientMsgDecoder()
+    stream = HELLO + encode_auth(secret, 1000, b"12345678") + encode_ext_request(CAP_ANSWERS)
+    for i in range(len(stream)):  # whatever the reads' boundaries
+        dec = ClientMsgDecoder()
+        dec.feed(stream[:i])
+        dec.feed(stream[i:])
+        assert dec.ext == CAP_ANSWERS and dec.auth is not None
+    assert check_auth(secret, dec.auth, 1000) == ""
