@@ -31,7 +31,8 @@ and its payload capture (both under a millisecond on a LAN).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from ..errors import WireError
 from ..wire.tcpip import ACK, RST, SYN, ip_str, parse_ipv4_tcp
@@ -39,6 +40,7 @@ from .compare_stream import Pair
 from .stats import Stats
 
 DEFAULT_TIMEOUT = 5.0
+PATH_SAMPLES = 32
 SYNACK = SYN | ACK
 FIN = 0x01
 Key = Tuple[bytes, int, bytes, int]
@@ -103,7 +105,10 @@ class Comparer:
         self.stall = stall
         self.flows: Dict[tuple, Flow] = {}
         self.copies: Dict[Key, Tuple[Flow, Conn]] = {}
-        self.paths: Dict[str, float] = {}  # target label -> last measured path
+        # target label -> its last PATH_SAMPLES handshake path times; the
+        # smallest is used (a handshake that queued somewhere says nothing
+        # about the path a request takes)
+        self.paths: Dict[str, Deque[float]] = {}
         self.records: List[dict] = []
         # packets of flows not known yet: key -> [(time, packet)], oldest key first
         self.orphans: Dict[tuple, List[Tuple[float, bytes]]] = {}
@@ -202,8 +207,8 @@ class Comparer:
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         fc = self.copies.get(key)
         syn = seg.flags & SYN and not seg.flags & ACK
-        if fc is None or (syn and fc[1].syn_at is not None and fc[1].pair.req.nxt != (seg.seq + 1)
-                          & 0xFFFFFFFF):
+        if fc is None or (syn and fc[1].pair.req.nxt is not None
+                          and fc[1].pair.req.nxt != (seg.seq + 1) & 0xFFFFFFFF):
             if not syn and not seg.payload:
                 return  # the ACK, FIN or RST of a copy already written out
             info = self.flow_of(key)
@@ -236,8 +241,7 @@ class Comparer:
                           seg.payload, now)
 
     def _answer_time(self, conn: Conn, now: float) -> float:
-        path = conn.path if conn.path is not None else self.paths.get(conn.label, 0.0)
-        return now - path
+        return now - conn.path if conn.path is not None else now
 
     def on_record(self, rec, now: float) -> None:
         """A 1.0 response record: the handshake's path time, FIN and RST."""
@@ -252,10 +256,16 @@ class Comparer:
         if fc is None:
             return
         conn = fc[1]
+        if conn.path is None and conn.label in self.paths:
+            conn.path = min(self.paths[conn.label])
         if flags & SYNACK == SYNACK:
-            if conn.path is None and conn.syn_at is not None:
-                conn.path = max(0.0, now - conn.syn_at)
-                self.paths[conn.label] = conn.path
+            if conn.syn_at is not None and fc[0].copies.get(key) is conn:
+                samples = self.paths.get(conn.label)
+                if samples is None:
+                    samples = self.paths[conn.label] = deque(maxlen=PATH_SAMPLES)
+                samples.append(max(0.0, now - conn.syn_at))
+                conn.syn_at = None
+                conn.path = min(samples)
         if flags & (FIN | RST):
             seq = int.from_bytes(rec[24:28], "big")
             ack = int.from_bytes(rec[28:32], "big")

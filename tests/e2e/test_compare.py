@@ -35,8 +35,13 @@ def test_each_request_recorded_with_online_and_target_answers(lab, workdir, logs
                         download_size=30000, tag="cmpsc")
         gk = run_client(lab, requests=40, connections=2, mode="keepalive", kind="upload",
                         upload_size=5000, tag="cmpup")
-        assert ka["ok"] == 120 and sc["ok"] == 60 and gk["ok"] == 40
-        n = 220
+        sl = run_client(lab, requests=20, connections=2, mode="keepalive", kind="slow",
+                        tag="cmpsl")
+        nf = run_client(lab, requests=20, connections=2, mode="close", kind="notfound",
+                        tag="cmpnf")
+        assert ka["ok"] == 120 and sc["ok"] == 60 and gk["ok"] == 40, (ka, sc, gk)
+        assert sl["ok"] == 20 and nf["ok"] == 20, (sl["errors"], nf["errors"])
+        n = 260
         online = logs("online", n)
         target = logs("target", n, timeout=20)
         # every record is written once all answers are in (no timeout expected here)
@@ -71,6 +76,11 @@ def test_each_request_recorded_with_online_and_target_answers(lab, workdir, logs
             assert 0 <= a["first"] <= a["last"] < 5000
         if r["answers"]["online"]["size"] != r["answers"][tlabel]["size"]:
             differ += 1  # /dyn/: each server picks its own size
+        if "/delay/60/" in path:  # latency: 60 ms on both, measured on each side
+            for label in ("online", tlabel):
+                assert 59.0 <= r["answers"][label]["first"] < 200.0, (label, r)
+        if "/status/404/" in path:
+            assert r["answers"]["online"]["status"] == r["answers"][tlabel]["status"] == 404
         if "/cmpup/" in path:
             assert r["answers"]["online"]["fields"]["server"] == "online"
             assert r["answers"][tlabel]["fields"]["server"] == "target"
