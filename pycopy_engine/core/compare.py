@@ -22,11 +22,11 @@ Target timings.  A target's answer is timed when tcpcopy receives it from
 intercept, the request when tcpcopy sent it, so the raw interval also holds
 the path online -> target -> assistant -> online.  The copy's handshake
 measures exactly that path (SYN sent by tcpcopy -> SYN-ACK record received,
-the target's kernel answering at once), and it is subtracted from every
-answer time of that copy (the last one measured for that target when the copy
-has none).  What remains: the path's jitter between handshake and request,
-intercept's batching, and the difference between intercept's header capture
-and its payload capture (both under a millisecond on a LAN).
+the target's kernel answering at once); the smallest of the target's last
+PATH_SAMPLES handshake paths is subtracted from every answer time.  What
+remains: the path's variation above that minimum (queueing), intercept's
+batching, and the difference between intercept's header capture and its
+payload capture (under a millisecond on a LAN).
 """
 
 from __future__ import annotations
