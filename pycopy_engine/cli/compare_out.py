@@ -235,6 +235,14 @@ class CompareOut:
         self.writer.flush()
         self._timer = self.loop.call_later(FLUSH_INTERVAL, self._tick)
 
+    def stat_line(self) -> str:
+        c = self.app.stats.c
+        return ("compare: records:%d, timeouts:%d, late answers:%d, dropped:%d, flows:%d, "
+                "capture drops:%d" % (c["compare_records"], c["compare_timeouts"],
+                                      c["compare_late_answers"], c["compare_dropped"],
+                                      len(self.comparer.flows),
+                                      self.capture.kernel_stats().get("drops", 0)))
+
     def _check_ext(self) -> None:
         links = self.app.links
         n, granted = links.live_count(), getattr(links, "ext_granted", 0)

@@ -47,7 +47,10 @@ class AnswerPayloads:
             self._prog = bpf.compile_filter("(%s) and %s" % (app.args.filter, PAYLOAD_ONLY),
                                             bpf.DLT_RAW)
         ifaces = [i for i in (app.args.iface or "").split(",") if i] or None
-        self.capture = open_packet_capture(ifaces, self._prog, snaplen=PAYLOAD_SNAPLEN)
+        # the answers come in from the target: frames this host sends (the control
+        # links, now carrying payloads) are left out before any filter runs
+        self.capture = open_packet_capture(ifaces, self._prog, snaplen=PAYLOAD_SNAPLEN,
+                                           ignore_outgoing=True)
         app.loop.add_reader(self.capture.fileno(), self._on_capture)
         app.log.info("capturing whole answers for --compare")
 

@@ -396,4 +396,5 @@ class TcpCopyApp:
             "send errors: %s, control links up:%d, reconnects:%d" % (
                 reasons(self.stats.by_reason("send_error")), self.links.live_count(),
                 c["control_reconnects"]),
-        ] + ([self.own.stat_line()] if self.own is not None else [])
+        ] + ([self.own.stat_line()] if self.own is not None else []) + (
+            [self.compare.stat_line()] if self.compare is not None else [])
