@@ -53,7 +53,7 @@ def _text(ip: bytes, port: int) -> str:
 class Conn:
     """One observed connection: its reassembly and its summariser."""
 
-    __slots__ = ("pair", "ex", "label", "taken", "syn_at", "path")
+    __slots__ = ("pair", "ex", "label", "taken", "syn_at", "path", "seen")
 
     def __init__(self, pair: Pair, ex: Any, label: str) -> None:
         self.pair = pair
@@ -62,6 +62,7 @@ class Conn:
         self.taken = 0  # summaries taken so far = the next request number
         self.syn_at: Optional[float] = None
         self.path: Optional[float] = None  # measured online -> target -> assistant -> online
+        self.seen: Dict[int, float] = {}  # answer segment seq -> its header record's arrival
 
 
 class Flow:
@@ -248,14 +249,21 @@ class Comparer:
         if len(rec) < 40:
             return
         flags = rec[33]
-        if not flags & (SYN | FIN | RST):
-            return
         key = (bytes(rec[16:20]), (rec[22] << 8) | rec[23], bytes(rec[12:16]),
                (rec[20] << 8) | rec[21])
         fc = self.copies.get(key)
         if fc is None:
             return
         conn = fc[1]
+        if not flags & (SYN | FIN | RST):
+            # a data segment's header comes by the 1.0 path, often before its
+            # payload (another capture): the answer is timed by the header
+            if ((rec[2] << 8) | rec[3]) > ((rec[0] & 0x0F) << 2) + ((rec[32] >> 4) << 2):
+                seen = conn.seen
+                if len(seen) >= 1024:
+                    seen.clear()
+                seen.setdefault(int.from_bytes(rec[24:28], "big"), now)
+            return
         if conn.path is None and conn.label in self.paths:
             conn.path = min(self.paths[conn.label])
         if flags & SYNACK == SYNACK:
@@ -285,8 +293,9 @@ class Comparer:
                 continue
             conn = fc[1]
             fc[0].last = now
+            t = conn.seen.pop(seq, now) if conn.seen else now
             conn.pair.segment(True, seq, ack, flags & ~(SYN | RST), data,
-                              self._answer_time(conn, now))
+                              self._answer_time(conn, t if t < now else now))
 
     # ------------------------------------------------------------ records
 

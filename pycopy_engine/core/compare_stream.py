@@ -51,7 +51,7 @@ class Half:
 
 class Pair:
     __slots__ = ("sink", "req", "ans", "stall", "max_held", "closed", "dup_bytes", "gaps",
-                 "gap_bytes", "last", "clock_floor", "rst_at", "stalls")
+                 "gap_bytes", "last", "req_floor", "ans_floor", "rst_at", "stalls")
 
     def __init__(self, sink: Any, stall: float = 0.5, max_held: int = 256 << 10) -> None:
         self.sink = sink
@@ -64,9 +64,12 @@ class Pair:
         self.gaps = 0
         self.gap_bytes = 0
         self.last = 0.0  # time of the last segment seen
-        # times handed on never go back (kernel stamps from several CPUs, a
-        # corrected target time): an answer is never timed before its request
-        self.clock_floor = 0.0
+        # times handed on never go back within a direction (kernel stamps from
+        # several CPUs, corrected target times), and an answer is never timed
+        # before the request bytes delivered before it; a request is not moved
+        # by answer times (it may have waited for an answer's bytes to come)
+        self.req_floor = 0.0
+        self.ans_floor = 0.0
         self.rst_at: Optional[float] = None  # a RST was seen: close after ``stall``
         self.stalls = 0  # times held bytes were forced out after ``stall``
 
@@ -85,12 +88,12 @@ class Pair:
             if ack is None or other.nxt is None or not seq_lt(other.nxt, ack):
                 # the common case: the next bytes, nothing held, causally in order
                 h.nxt = (seq + len(data)) & M32
-                if now > self.clock_floor:
-                    self.clock_floor = now
                 if answer:
-                    self.sink.answer_data(data, self.clock_floor)
+                    self.sink.answer_data(data, self._ans_time(now))
                 else:
-                    self.sink.request_data(data, self.clock_floor)
+                    if now > self.req_floor:
+                        self.req_floor = now
+                    self.sink.request_data(data, self.req_floor)
                 if other.held or (answer and h.fin_at is not None):
                     self._pump(now)
                 return
@@ -203,18 +206,22 @@ class Pair:
             if h.held:
                 h.first_held = min(v[2] for v in h.held.values())
             if take_req:
-                if t > self.clock_floor:
-                    self.clock_floor = t
-                t = self.clock_floor
-                sink.request_data(data, t)
+                if t > self.req_floor:
+                    self.req_floor = t
+                sink.request_data(data, self.req_floor)
             else:
-                if t > self.clock_floor:
-                    self.clock_floor = t
-                sink.answer_data(data, self.clock_floor)
+                sink.answer_data(data, self._ans_time(t))
         if ans.fin_at is not None and ans.nxt is not None and not ans.held and \
                 not seq_lt(ans.nxt, ans.fin_at):
             self.closed = True
             sink.close(now, "closed")
+
+    def _ans_time(self, t: float) -> float:
+        f = self.ans_floor if self.ans_floor > self.req_floor else self.req_floor
+        if t > f:
+            f = t
+        self.ans_floor = f
+        return f
 
     @property
     def held_bytes(self) -> int:

@@ -42,12 +42,13 @@ class World:
     def sent(self, seq, ack, flags, data, now):
         self.cmp.on_sent(pkt(CLI, TGT, COPY_PORT, 8080, seq, ack, flags, data), now)
 
-    def target(self, seq, ack, flags, data, now):
+    def target(self, seq, ack, flags, data, now, item_later=0.0):
         """The target's answer: the header record, and the payload item if any."""
         p = pkt(TGT, CLI, 8080, COPY_PORT, seq, ack, flags, data)
         self.cmp.on_record(make_record(p), now)
         if data:
-            self.cmp.on_items([(CLI, COPY_PORT, TGT, 8080, seq, ack, flags, data)], now)
+            self.cmp.on_items([(CLI, COPY_PORT, TGT, 8080, seq, ack, flags, data)],
+                              now + item_later)
 
 
 REQ = [b"GET /users/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3)]
@@ -58,7 +59,8 @@ def answer(status: int, body: bytes) -> bytes:
         status, len(body), body)
 
 
-def run_exchange(w: World, target_status=(200, 200, 200), path_delay=0.010, drop_target=()):
+def run_exchange(w: World, target_status=(200, 200, 200), path_delay=0.010, drop_target=(),
+                 item_later=0.0):
     c0, s0, t0 = 5000, 9000, 70000
     w.client(c0, 0, SYN, b"", 0.0)
     w.server(s0, c0 + 1, SYN | ACK, b"", 0.0)
@@ -76,7 +78,8 @@ def run_exchange(w: World, target_status=(200, 200, 200), path_delay=0.010, drop
         w.sent(c, t, ACK | PSH, req, now + 0.001)
         tans = answer(target_status[i], body)
         if i not in drop_target:
-            w.target(t, c + len(req), ACK | PSH, tans, now + 0.001 + 0.005 + path_delay)
+            w.target(t, c + len(req), ACK | PSH, tans, now + 0.001 + 0.005 + path_delay,
+                     item_later)
         c += len(req)
         s += len(ans)
         t += len(tans)
@@ -174,3 +177,11 @@ def test_counters_are_exported_to_prometheus():
     assert "pycopy_tcpcopy_compare_records_total 3\n" in text
     assert "pycopy_tcpcopy_compare_timeouts_total 1\n" in text
     assert "# TYPE pycopy_tcpcopy_compare_flows gauge" in text
+
+
+def test_target_answers_are_timed_by_their_header_record():
+    w = World()
+    now = run_exchange(w, item_later=0.020)  # each payload item 20 ms after its record
+    w.cmp.on_timer(now)
+    for r in w.cmp.take_records():
+        assert abs(r["answers"]["10.1.0.12:8080"]["first"] - 5.0) < 0.01, r

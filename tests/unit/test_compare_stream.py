@@ -125,3 +125,18 @@ def test_answers_are_never_timed_before_the_request():
     p.segment(False, c, v, 0x18, b"req", 5.0)
     p.segment(True, v, c + 3, 0x18, b"ans", 4.9)  # a corrected target time a bit early
     assert s.events[-1] == ("ans", b"ans", 5.0)
+
+
+def test_a_request_that_waited_for_an_answer_keeps_its_own_time():
+    s = Sink()
+    p = Pair(s)
+    handshake(p)
+    c, v = C0 + 1, (S0 + 1) & 0xFFFFFFFF
+    p.segment(False, c, v, 0x18, b"req0", 1.0)
+    # req1 (sent at 1.10) acknowledges ans0, whose bytes come only at 1.25
+    p.segment(False, c + 4, v + 4, 0x18, b"req1", 1.10)
+    p.segment(True, v, c + 4, 0x18, b"ans0", 1.25)
+    p.segment(True, v + 4, c + 8, 0x18, b"ans1", 1.20)
+    assert [(k, d, t) for k, d, t in s.events] == [
+        ("req", b"req0", 1.0), ("ans", b"ans0", 1.25), ("req", b"req1", 1.10),
+        ("ans", b"ans1", 1.25)]  # an answer never goes back in time
