@@ -24,9 +24,10 @@ the path online -> target -> assistant -> online.  The copy's handshake
 measures exactly that path (SYN sent by tcpcopy -> SYN-ACK record received,
 the target's kernel answering at once); the smallest of the target's last
 PATH_SAMPLES handshake paths is subtracted from every answer time.  What
-remains: the path's variation above that minimum (queueing), intercept's
-batching, and the difference between intercept's header capture and its
-payload capture (under a millisecond on a LAN).
+remains: the path's variation above that minimum (queueing) and intercept's
+batching (under a millisecond on a LAN).  An answer segment is timed by its
+header record when that came first (intercept's payload capture is another,
+slower socket).
 """
 
 from __future__ import annotations
