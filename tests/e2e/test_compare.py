@@ -107,3 +107,26 @@ def test_without_compare_no_extension_is_spoken(lab, workdir, logs):
     finally:
         tc.stop()
         ic.stop()
+
+
+def test_two_copies_each_answer_recorded(lab, workdir, logs):
+    """-n 2: two copies of each session to the target; each record carries the
+    online answer and both copies' answers ("ip:port" and "ip:port#1")."""
+    out = workdir / "compare-n2"
+    ic = intercept(lab, workdir, name="intercept-n2")
+    tc = tcpcopy(lab, workdir, extra=["--compare", str(out), "-n", "2"], name="tcpcopy-n2")
+    try:
+        res = run_client(lab, requests=40, connections=2, mode="keepalive", kind="notfound",
+                         tag="cmpn2")
+        assert res["ok"] == 40, res["errors"]
+        logs("target", 80)
+        assert tc.wait_stat("compare_records", 40, timeout=15) >= 40
+    finally:
+        tc.stop()
+        ic.stop()
+    recs = [r for r in read_records(out) if "cmpn2" in r["req"]["path"]]
+    t = "%s:80" % lab.ip["target"]
+    assert len(recs) == 40
+    for r in recs:
+        assert set(r["answers"]) == {"online", t, t + "#1"}, r
+        assert all(a is not None and a["status"] == 404 for a in r["answers"].values()), r
