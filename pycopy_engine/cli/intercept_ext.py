@@ -108,11 +108,10 @@ class AnswerPayloads:
             return
         for peer, parts in pending.items():
             items = [parts[i] + parts[i + 1] for i in range(0, len(parts), 2)]
-            n = len(items)
-            for frame in payload_frames(items):
-                if peer.write(frame):
-                    c["ext_items_sent"] += n
-                else:
-                    c["drop:ext_peer_slow"] += n
-                n = 0
+            # each frame is written whole or not at all (the peer's bounded buffer)
+            ok = [peer.write(frame) for frame in payload_frames(items)]
+            if all(ok):
+                c["ext_items_sent"] += len(items)
+            else:
+                c["drop:ext_peer_slow"] += len(items)  # (some of them, at least)
         pending.clear()
