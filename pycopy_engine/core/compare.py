@@ -349,14 +349,20 @@ class Comparer:
     def _emit(self, f: Flow, now: float, final: bool = False) -> None:
         if not f.rows:
             return
-        labels = ["online"] + [c.label for c in f.copies.values()]
+        conns = [f.online, *f.copies.values()]
+        labels = [c.label for c in conns]
         want = len(labels)
         late_before = now - self.timeout
+        # a connection still busy (a copy behind online: tcpcopy replays at the
+        # target's pace) may still answer: only idle or closed ones time out
+        busy = {c.label for c in conns if not c.pair.closed and c.pair.last > late_before}
         oldest = None
         for n in sorted(f.rows):
             row = f.rows[n]
             answers = row[4]
-            if not final and row[0] > late_before and len(answers) < want:
+            if not final and len(answers) < want and (
+                    row[0] > late_before or any(lb in busy for lb in labels
+                                                if lb not in answers)):
                 if oldest is None or row[0] < oldest:
                     oldest = row[0]
                 continue

@@ -185,3 +185,34 @@ def test_target_answers_are_timed_by_their_header_record():
     w.cmp.on_timer(now)
     for r in w.cmp.take_records():
         assert abs(r["answers"]["10.1.0.12:8080"]["first"] - 5.0) < 0.01, r
+
+
+def test_a_copy_behind_online_but_busy_is_waited_for():
+    w = World(timeout=1.0)
+    c0, s0, t0 = 5000, 9000, 70000
+    w.client(c0, 0, SYN, b"", 0.0)
+    w.server(s0, c0 + 1, SYN | ACK, b"", 0.0)
+    c, s = c0 + 1, s0 + 1
+    for i, req in enumerate(REQ):  # online answers all three at once
+        ans = answer(200, b"{}")
+        w.client(c, s, ACK | PSH, req, 0.1 * i)
+        w.server(s, c + len(req), ACK | PSH, ans, 0.1 * i + 0.001)
+        c, s = c + len(req), s + len(ans)
+    w.sent(c0, 0, SYN, b"", 0.0)
+    w.target(t0, c0 + 1, SYN | ACK, b"", 0.001)
+    c, t = c0 + 1, t0 + 1
+    recs: list = []
+    for i, req in enumerate(REQ):  # the copy runs 1.5 s apart per request (target is slow)
+        now = 1.0 + 1.5 * i
+        w.sent(c, t, ACK | PSH, req, now)
+        w.cmp.on_timer(now + 0.5)  # request i is more than the timeout behind online's
+        recs += w.cmp.take_records()
+        assert len(recs) == i  # the busy copy is waited for
+        tans = answer(201, b"{}")
+        w.target(t, c + len(req), ACK | PSH, tans, now + 1.0)
+        c, t = c + len(req), t + len(tans)
+    w.cmp.on_timer(6.0)
+    recs += w.cmp.take_records()
+    assert [r["answers"]["10.1.0.12:8080"]["status"] for r in recs] == [201] * 3
+    assert all(abs(r["answers"]["10.1.0.12:8080"]["first"] - 999.0) < 0.01 for r in recs)
+    assert w.stats.c["compare_timeouts"] == 0 and w.stats.c["compare_records"] == 3
