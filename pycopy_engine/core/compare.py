@@ -353,9 +353,12 @@ class Comparer:
         labels = [c.label for c in conns]
         want = len(labels)
         late_before = now - self.timeout
-        # a connection still busy (a copy behind online: tcpcopy replays at the
-        # target's pace) may still answer: only idle or closed ones time out
-        busy = {c.label for c in conns if not c.pair.closed and c.pair.last > late_before}
+        # a connection still making progress (a copy behind online: tcpcopy
+        # replays at the target's pace) is waited for; one that neither got a
+        # new request nor answered for ``timeout`` (or is closed) times out
+        # (a retransmitted request is no progress)
+        busy = {c.label for c in conns if not c.pair.closed and (
+            c.pair.answered > late_before or c.pair.req_floor > late_before)}
         oldest = None
         for n in sorted(f.rows):
             row = f.rows[n]

@@ -51,7 +51,7 @@ class Half:
 
 class Pair:
     __slots__ = ("sink", "req", "ans", "stall", "max_held", "closed", "dup_bytes", "gaps",
-                 "gap_bytes", "last", "req_floor", "ans_floor", "rst_at", "stalls")
+                 "gap_bytes", "last", "req_floor", "ans_floor", "rst_at", "stalls", "answered")
 
     def __init__(self, sink: Any, stall: float = 0.5, max_held: int = 256 << 10) -> None:
         self.sink = sink
@@ -72,6 +72,7 @@ class Pair:
         self.ans_floor = 0.0
         self.rst_at: Optional[float] = None  # a RST was seen: close after ``stall``
         self.stalls = 0  # times held bytes were forced out after ``stall``
+        self.answered = -1.0  # when answer bytes were last delivered (progress)
 
     # ------------------------------------------------------------ input
 
@@ -221,6 +222,7 @@ class Pair:
         if t > f:
             f = t
         self.ans_floor = f
+        self.answered = f
         return f
 
     @property
