@@ -41,8 +41,9 @@ def add_compare_options(a: Any) -> None:
       help="--compare: keep this many files, the oldest are removed (10)")
     a("--compare-timeout", dest="compare_timeout",
       type=opt_type("--compare-timeout", float, "bad timeout"), default=DEFAULT_TIMEOUT,
-      help="--compare: write a record after this many seconds even if answers are missing"
-           " (they are null, with the reason in \"errors\") (5)")
+      help="--compare: write a record this many seconds after its request even if answers"
+           " are missing, once their connections made no progress for as long (they are"
+           " null, with the reason in \"errors\") (5)")
 
 
 def check_compare_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
