@@ -15,8 +15,9 @@ The cli feeds four streams, all with its own monotonic clock:
 
 One ``Exchange`` (core/answers.py) per connection summarises the answers; the
 online connection's summaries and each copy's are joined by request number.
-A record is complete once every copy has answered, or after ``timeout``
-seconds (missing answers are null, with the reason in ``errors``).
+A record is complete once every copy has answered, or ``timeout`` seconds after
+its request when a missing answer's connection made no progress for as long
+(missing answers are null, with the reason in ``errors``).
 
 Target timings.  A target's answer is timed when tcpcopy receives it from
 intercept, the request when tcpcopy sent it, so the raw interval also holds
