@@ -8,6 +8,7 @@ time per request of tcpcopy and of intercept (utime + stime from /proc).
 
     python3 bench/run.py [--duration 5] [--rates 1000,5000,10000,max] [--modes keepalive,close]
     python3 bench/run.py --no-assistant   # own-address mode: no intercept, tcpcopy alone
+    python3 bench/run.py --compare --rates 5000 --modes keepalive   # with tcpcopy --compare
 
 In own-address mode the intercept column is empty: tcpcopy's own CPU per
 request is what compares with tcpcopy + intercept of the classic rows.
@@ -94,7 +95,11 @@ def main() -> int:
     ap.add_argument("--tcpcopy-args", default="", help="extra tcpcopy options, e.g. '-i eth0'")
     ap.add_argument("--no-assistant", action="store_true",
                     help="own-address mode (tcpcopy --no-assistant, no intercept)")
+    ap.add_argument("--compare", action="store_true",
+                    help="tcpcopy --compare into a temporary directory (issue 9): the records"
+                         " written are counted after the runs")
     ap.add_argument("--prefix", default=PREFIX, help=f"lab prefix ({PREFIX})")
+    ap.add_argument("--subnet", default=SUBNET, help=f"lab subnet ({SUBNET})")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -103,7 +108,10 @@ def main() -> int:
     os.chmod(work, 0o755)
     cleanup_prefix(args.prefix)
     results = []
-    with Lab(args.prefix, SUBNET) as lab:
+    cmp_dir = work / "compare"
+    if args.compare:
+        args.tcpcopy_args += " --compare %s" % cmp_dir
+    with Lab(args.prefix, args.subnet) as lab:
         procs = []
         for name in ("online", "target"):
             conf = work / f"nginx-{name}.conf"
@@ -168,6 +176,10 @@ def main() -> int:
         tail = subprocess.run(["tail", "-n", "16", str(work / "tcpcopy.log")],
                               capture_output=True, text=True).stdout
         print("\ntcpcopy's last statistics:\n" + tail)
+        if args.compare:
+            recs = sum(lines(f) for f in cmp_dir.glob("compare-*.jsonl"))
+            total = sum(r["online"] for r in results)
+            print(f"--compare: {recs} records for {total} requests the online server logged")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     shutil.rmtree(work, ignore_errors=True)

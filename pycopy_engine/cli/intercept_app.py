@@ -33,6 +33,7 @@ from .common import (
     version_line,
     write_pid,
 )
+from .intercept_ext import AnswerPayloads
 from .logreopen import install_log_reopen
 from .statsout import StatsOutput
 
@@ -59,6 +60,7 @@ class InterceptApp:
         self.nonces: "OrderedDict[bytes, float]" = OrderedDict()
         self.exit_status = 0
         self.expire_ticks = 0
+        self.ext = AnswerPayloads(self)  # the pycopy extension (cli/intercept_ext.py)
         stats.add_gauge("tcpcopy_links", lambda: len(self.peers))
         stats.add_gauge("capture_kernel_drops", lambda: self.capture.kernel_stats().get("drops", 0))
         self.out = StatsOutput(self.loop, "intercept", stats, log, self._stat_lines, args)
@@ -127,6 +129,8 @@ class InterceptApp:
             if len(self.nonces) > 10000:
                 self.nonces.popitem(last=False)
             peer.authed = True
+        if dec.ext and peer not in self.ext.peers:
+            self.ext.negotiate(peer, dec.ext)
         now = self.loop.time()
         comb = self.peers.get(peer)
         for m in msgs:
@@ -138,6 +142,7 @@ class InterceptApp:
 
     def _closed(self, peer: Peer, reason: str) -> None:
         self.peers.pop(peer, None)
+        self.ext.drop(peer)
         n = self.router.drop_conn(peer)
         self.log.info("release tunnel resources, tcpcopy %s (%s), %d route(s) dropped",
                       peer.name, reason, n)
@@ -254,6 +259,7 @@ class InterceptApp:
             self.out.final()
             for peer in list(self.peers):
                 peer.close("shutdown")
+            self.ext.close()
             self.listener.close()
             self.capture.close()
             remove_pid(args.pidfile)

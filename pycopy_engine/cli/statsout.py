@@ -15,7 +15,9 @@ GAUGES = ("sessions_active", "buffered_bytes", "control_queue_bytes", "control_l
           "session_cap", "evicted_tuples",
           # issue 12: per target (label target="ip:port")
           "brake_engaged", "health_requests_captured", "health_requests_completed",
-          "health_handshakes_failed", "health_replication", "delay_held")
+          "health_handshakes_failed", "health_replication", "delay_held",
+          # issue 9: --compare
+          "compare_flows", "compare_capture_drops")
 
 
 class StatsOutput:

@@ -28,6 +28,7 @@ from .common import (
     setup_logging,
     version_line,
 )
+from .compare_out import add_compare_options, check_compare_options
 from .unattended import add_unattended_options, check_unattended_options
 
 USAGE_EXAMPLE = """example:
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="--doctor: source address of the end-to-end probe (an unused address of the clients'"
            " network, routed via the assistant on the target); default: the first -c address")
     add_unattended_options(a)
+    add_compare_options(a)
     add_common_options(a, "online")
     a("--seed", type=int, default=None, help=argparse.SUPPRESS)
     a("-v", "--version", action="version", version=version_line("tcpcopy"))
@@ -208,6 +210,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.speed < 1:
         args.speed = 1.0
     check_unattended_options(p, args)
+    check_compare_options(p, args)
     for m in args.maps:
         if m.online_ip is None and m.online_port == m.target_port and args.iface and not args.filter:
             p.error("option -x: online port %d equals the target port and no online IP is given;"

@@ -59,6 +59,11 @@ class TcpCopyApp:
         if self.capture is not None:
             stats.add_gauge("capture_kernel_drops",
                             lambda: self.capture.kernel_stats().get("drops", 0))
+        self.compare: Any = None
+        if getattr(args, "compare", None):  # --compare (cli/compare_out.py)
+            from .compare_out import CompareOut
+
+            self.compare = CompareOut(self)
         self.own: Any = None
         self.links: Any
         if getattr(args, "no_assistant", False):  # own-address mode (cli/own_address.py)
@@ -72,7 +77,9 @@ class TcpCopyApp:
                 self.loop, args.server_list, args.conns, stats, self._on_records,
                 combined=not args.uncombined, lonely=args.lonely,
                 on_reconnect=self._reregister, on_all_lost=self._all_lost,
-                secret=read_secret(args.secret_file))
+                secret=read_secret(args.secret_file),
+                ext_caps=self.compare.caps if self.compare is not None else 0,
+                on_ext=self.compare.items if self.compare is not None else None)
         self.out = StatsOutput(self.loop, "tcpcopy", stats, log, self._stat_lines, args)
         self.unattended = Unattended(self)  # brake, health, --delay (issue 12)
         self.delay = self.unattended.delay
@@ -130,6 +137,8 @@ class TcpCopyApp:
         on_record = self.engine.on_record
         for rec in recs:
             on_record(rec, now)
+        if self.compare is not None:
+            self.compare.records(recs, now)
         self._flush()
 
     def _flush(self) -> None:
@@ -144,6 +153,8 @@ class TcpCopyApp:
         if ctl:
             self.links.broadcast(ctl)
         if tx:
+            if self.compare is not None:
+                self.compare.sent(tx, self.loop.time())
             send = self.sender.send
             for pkt, dst in tx:
                 send(pkt, dst)
@@ -305,6 +316,8 @@ class TcpCopyApp:
         install_log_reopen(self.loop, log)
         if self.capture is not None:
             self.loop.add_reader(self.capture.fileno(), self._on_capture)
+        if self.compare is not None:
+            self.compare.start()
         tune_gc()  # before the replay's clock starts: a full collection takes a while
         if self.replay is not None:
             self.replay.start(self.loop.time())
@@ -331,6 +344,8 @@ class TcpCopyApp:
         ctl, tx = self.engine.take_output()
         for pkt, dst in tx:
             self.sender.send(pkt, dst)
+        if self.compare is not None:
+            self.compare.close()
         self.out.final()
         if self.replay is not None:
             self._offline_summary()
@@ -381,4 +396,5 @@ class TcpCopyApp:
             "send errors: %s, control links up:%d, reconnects:%d" % (
                 reasons(self.stats.by_reason("send_error")), self.links.live_count(),
                 c["control_reconnects"]),
-        ] + ([self.own.stat_line()] if self.own is not None else [])
+        ] + ([self.own.stat_line()] if self.own is not None else []) + (
+            [self.compare.stat_line()] if self.compare is not None else [])

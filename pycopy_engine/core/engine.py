@@ -397,6 +397,15 @@ class Engine:
     def time_wait_count(self) -> int:
         return len(self.time_wait)
 
+    def flow_of(self, key: Key) -> Optional[Tuple[tuple, int]]:
+        """(captured flow, copy number) of the live session ``key`` (--compare)."""
+        s = self.sessions.get(key)
+        return None if s is None else (s.flow, s.copy)
+
+    def replicated(self, flow: tuple) -> bool:
+        """Does a live session copy this captured flow?  (--compare)"""
+        return flow in self.flows
+
     def registrations(self) -> Iterator[bytes]:
         """A CLIENT_ADD for every live session (a link to intercept came back)."""
         for s in self.sessions.values():

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from ..core.stats import Stats
 from ..errors import ProtocolError, PycopyError
 from ..wire.control import HELLO, RECORD_SIZE, FrameDecoder, encode_auth
+from ..wire.control_ext import EXT_ACCEPT, EXT_PAYLOAD, decode_body, encode_ext_request
 from .channel import Peer, connect, connect_error, start_connect
 from .loop import Loop
 
@@ -65,7 +66,8 @@ class InterceptLinks:
                  on_all_lost: Optional[Callable[[], None]] = None,
                  connect_timeout: float = 3.0, max_backoff: float = MAX_BACKOFF,
                  stable_after: float = 5.0, min_backoff: float = BACKOFF_MIN,
-                 secret: Optional[bytes] = None) -> None:
+                 secret: Optional[bytes] = None, ext_caps: int = 0,
+                 on_ext: Optional[Callable[[list], None]] = None) -> None:
         self.loop = loop
         self.servers = [Server(h, p) for h, p in servers]
         self.per_server = max(1, per_server)
@@ -81,6 +83,11 @@ class InterceptLinks:
         self.stable_after = stable_after
         self.closing = False
         self.secret = secret
+        # pycopy extension (wire/control_ext.py): asked for on every link when
+        # ext_caps is set; payload items go to on_ext.  0 = the 1.0 protocol exactly.
+        self.ext_caps = ext_caps
+        self.on_ext = on_ext
+        self.ext_links: set = set()
         stats.add_gauge("control_queue_bytes", self.queued)
         stats.add_gauge("control_links_up", self.live_count)
 
@@ -106,7 +113,7 @@ class InterceptLinks:
                 self._attach(srv, i, sock, first=True)
 
     def _attach(self, srv: Server, i: int, sock: socket.socket, first: bool) -> None:
-        dec = FrameDecoder(self.combined, RECORD_SIZE)
+        dec = FrameDecoder(self.combined, RECORD_SIZE, ext=bool(self.ext_caps))
         peer = Peer(self.loop, sock, srv.label, self._data, self._closed, self.stats)
         peer.tag = (srv, i, dec)
         srv.peers[i] = peer
@@ -117,6 +124,8 @@ class InterceptLinks:
             import time
 
             peer.write(encode_auth(self.secret, int(time.time() * 1000), os.urandom(8)))
+        if self.ext_caps:
+            peer.write(encode_ext_request(self.ext_caps))
         log.info("connected to intercept %s (link %d)", srv.label, i)
         if not first:
             self.stats.c["control_reconnects"] += 1
@@ -186,6 +195,8 @@ class InterceptLinks:
             log.error("intercept %s: %s; closing this link", peer.name, exc)
             peer.close("protocol error")
             return
+        if dec.ext_frames and not self._ext(peer, dec):
+            return
         if recs:
             srv: Server = peer.tag[0]  # type: ignore[index]
             i: int = peer.tag[1]  # type: ignore[index]
@@ -193,7 +204,35 @@ class InterceptLinks:
                 self._mark_usable(srv, i)  # intercept reports to us: it accepted this link
             self.on_records(recs)
 
+    def _ext(self, peer: Peer, dec: FrameDecoder) -> bool:
+        frames, dec.ext_frames = dec.ext_frames, []
+        c = self.stats.c
+        for body in frames:
+            try:
+                kind, val = decode_body(body)
+            except ProtocolError as exc:
+                c["control_protocol_errors"] += 1
+                log.error("intercept %s: %s; closing this link", peer.name, exc)
+                peer.close("protocol error")
+                return False
+            if kind == EXT_PAYLOAD:
+                c["ext_items"] += len(val)  # type: ignore[arg-type]
+                if self.on_ext is not None:
+                    self.on_ext(val)  # type: ignore[arg-type]
+            elif kind == EXT_ACCEPT:
+                self.ext_links.add(peer)
+                log.info("intercept %s accepted the pycopy extension (capabilities 0x%x)",
+                         peer.name, val)
+            else:
+                c["ext_unknown_frames"] += 1
+        return True
+
+    @property
+    def ext_granted(self) -> int:
+        return sum(1 for p in self.ext_links if not p.closed)
+
     def _closed(self, peer: Peer, reason: str) -> None:
+        self.ext_links.discard(peer)
         srv: Server = peer.tag[0]  # type: ignore[index]
         i: int = peer.tag[1]  # type: ignore[index]
         if srv.peers[i] is peer:

@@ -39,6 +39,12 @@ MSG_AUTH = 0x5059
 AUTH_MAGIC = b"PYCP"
 AUTH_BODY = struct.Struct("!Q8s32s")
 AUTH_CONTEXT = b"pycopy control auth v1"
+# pycopy's negotiated extension (pycopy to pycopy only, wire/control_ext.py):
+# a 14-byte record of type MSG_EXT whose client ip is EXT_MAGIC and whose
+# client port carries the capability bits asked for.  It has no body, so a C
+# intercept reads it as one record of an unknown type.
+MSG_EXT = 0x5058
+EXT_MAGIC = b"PYCX"
 _COUNT = struct.Struct("!H")
 _ZERO24 = bytes(24)
 
@@ -95,13 +101,14 @@ class ClientMsgDecoder:
     through ``version`` so the caller can warn, as the C intercept does.
     """
 
-    __slots__ = ("_buf", "version", "auth", "count")
+    __slots__ = ("_buf", "version", "auth", "count", "ext")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.version: Optional[int] = None
         self.auth: Optional[bytes] = None  # the body of a pycopy MSG_AUTH, once read
         self.count = 0
+        self.ext = 0  # capability bits a pycopy tcpcopy asked for (MSG_EXT), 0 = none
 
     def feed(self, data: bytes) -> List[ClientMsg]:
         buf = self._buf
@@ -124,6 +131,8 @@ class ClientMsgDecoder:
                     break
                 self.auth = bytes(buf[pos + CLT_SIZE:pos + CLT_SIZE + msg.clt_port])
                 pos += msg.clt_port
+            elif msg.type == MSG_EXT and msg.clt_ip == EXT_MAGIC:
+                self.ext = msg.clt_port
             elif msg.type not in (MSG_CLIENT_ADD, MSG_CLIENT_DEL):
                 raise ProtocolError("unknown control message type %d" % msg.type)
             pos += CLT_SIZE
@@ -202,16 +211,23 @@ def encode_frame(records: List[bytes]) -> bytes:
 
 
 class FrameDecoder:
-    """tcpcopy's reader of one intercept connection (a byte stream)."""
+    """tcpcopy's reader of one intercept connection (a byte stream).
 
-    __slots__ = ("_buf", "combined", "record_size", "max_count")
+    With ``ext`` (this tcpcopy asked for the pycopy extension), a frame that
+    starts with ``EXT_FRAME`` (0xFF50: never a count <= 16, never an IPv4
+    header) is an extension frame: its body goes to ``ext_frames``.
+    """
+
+    __slots__ = ("_buf", "combined", "record_size", "max_count", "ext", "ext_frames")
 
     def __init__(self, combined: bool = True, record_size: int = RECORD_SIZE,
-                 max_count: int = COMB_MAX) -> None:
+                 max_count: int = COMB_MAX, ext: bool = False) -> None:
         self._buf = bytearray()
         self.combined = combined
         self.record_size = record_size
         self.max_count = max_count
+        self.ext = ext
+        self.ext_frames: List[bytes] = []
 
     def feed(self, data: bytes) -> List[bytes]:
         buf = self._buf
@@ -220,6 +236,8 @@ class FrameDecoder:
         out: List[bytes] = []
         pos = 0
         end = len(buf)
+        if self.ext:
+            return self._feed_ext(buf, size, out)
         if self.combined:
             while end - pos >= 2:
                 count = (buf[pos] << 8) | buf[pos + 1]
@@ -246,3 +264,49 @@ class FrameDecoder:
     @property
     def pending(self) -> int:
         return len(self._buf)
+
+    def _feed_ext(self, buf: bytearray, size: int, out: List[bytes]) -> List[bytes]:
+        pos = 0
+        end = len(buf)
+        ext = self.ext_frames
+        while end - pos >= 2:
+            if buf[pos] == EXT_FRAME_B0 and buf[pos + 1] == EXT_FRAME_B1:
+                if end - pos < EXT_HEAD.size:
+                    break
+                n = EXT_HEAD.unpack_from(buf, pos)[1]
+                if n > EXT_MAX_BODY:
+                    raise ProtocolError("extension frame of %d bytes" % n)
+                if end - pos < EXT_HEAD.size + n:
+                    break
+                p = pos + EXT_HEAD.size
+                ext.append(bytes(buf[p:p + n]))
+                pos = p + n
+                continue
+            if not self.combined:
+                if end - pos < size:
+                    break
+                out.append(bytes(buf[pos:pos + size]))
+                pos += size
+                continue
+            count = (buf[pos] << 8) | buf[pos + 1]
+            if count > self.max_count:
+                raise ProtocolError("num:%d > threshold %d" % (count, self.max_count))
+            need = 2 + count * size
+            if end - pos < need:
+                break
+            p = pos + 2
+            for _ in range(count):
+                out.append(bytes(buf[p:p + size]))
+                p += size
+            pos += need
+        if pos:
+            del buf[:pos]
+        return out
+
+
+# intercept -> tcpcopy extension frames (only to a tcpcopy that sent MSG_EXT):
+# 0xFF 0x50, a 4-byte body length, the body (wire/control_ext.py).
+EXT_HEAD = struct.Struct("!HI")
+EXT_FRAME_B0 = 0xFF
+EXT_FRAME_B1 = 0x50
+EXT_MAX_BODY = 1 << 20

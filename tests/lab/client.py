@@ -50,6 +50,12 @@ class Plan:
             return "POST", f"/upload/{tag}/{i}", upload_body(i, self.args.upload_size)
         if kind == "download":
             return "GET", f"/bytes/{self.args.download_size}?id={tag}-{i}", b""
+        if kind == "dyn":  # a body of a random size, chosen by each server on its own
+            return "GET", f"/dyn/{tag}/{i}", b""
+        if kind == "slow":  # answered 60 ms late
+            return "GET", f"/delay/60/{tag}/{i}", b""
+        if kind == "notfound":
+            return "GET", f"/status/404/{tag}/{i}", b""
         return "GET", f"/r/{tag}/{i}", b""
 
 
@@ -62,6 +68,9 @@ def verify(
     data: bytes,
     expect: str | None,
 ) -> str | None:
+    p = path.split("?", 1)[0]
+    if p.startswith("/status/"):
+        return None if status == int(p.split("/")[2]) else f"status {status}"
     if status != 200:
         return f"status {status}"
     if expect is not None and server != expect:
@@ -80,6 +89,10 @@ def verify(
         if len(data) != n or data != pattern(n):
             return f"download mismatch ({len(data)} of {n} bytes)"
         return None
+    if p.startswith(("/delay/", "/status/")):
+        return None if data.startswith(p.encode()) else "bad /delay/ body"
+    if p.startswith("/dyn/"):
+        return None if data and data == b"d" * len(data) else "bad /dyn/ body"
     if f"server {expect}".encode() not in data and expect is not None:
         return "page not marked with the server name"
     return None
@@ -179,7 +192,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--mode", choices=["keepalive", "close"], default="keepalive")
-    ap.add_argument("--kind", choices=["get", "upload", "download", "mixed"], default="get")
+    ap.add_argument("--kind", choices=["get", "upload", "download", "mixed", "dyn", "slow", "notfound"], default="get")
     ap.add_argument("--upload-size", type=int, default=100 * 1024)
     ap.add_argument("--download-size", type=int, default=1 << 20)
     ap.add_argument("--expect-server", default=None)

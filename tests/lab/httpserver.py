@@ -52,9 +52,12 @@ def pattern(n: int) -> bytes:
     return _PAT * reps + _PAT[:rest]
 
 
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
+
+
 class _Conn:
     __slots__ = ("sock", "ip", "port", "inbuf", "out", "close_after", "closed", "reqs", "opened",
-                 "last_io")
+                 "last_io", "hold_until")
 
     def __init__(self, sock: socket.socket, addr: tuple[str, int]) -> None:
         self.sock = sock
@@ -65,6 +68,7 @@ class _Conn:
         self.closed = False
         self.reqs: list[dict[str, Any]] = []
         self.opened = self.last_io = time.time()
+        self.hold_until = 0.0  # /delay/: nothing is sent before this (monotonic) time
 
 
 class Server:
@@ -74,6 +78,7 @@ class Server:
         self.conn_log = open(conn_log, "a", buffering=1 << 16) if conn_log else None
         self.idle_timeout = idle_timeout
         self.conns: set[_Conn] = set()
+        self.held: set[_Conn] = set()  # answers waiting for their /delay/
         self.rng = random.Random()
         self.sel = selectors.DefaultSelector()
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -196,7 +201,6 @@ class Server:
             "server": self.name,
             "time": round(time.time(), 6),
         }
-        self.pending_log.append(json.dumps(rec, separators=(",", ":")) + "\n")
         path = target.split("?", 1)[0]
         status = 200
         ctype = "text/html"
@@ -214,16 +218,32 @@ class Server:
             else:
                 payload = pattern(n)
                 ctype = "application/octet-stream"
+        elif path.startswith(("/delay/", "/status/")):
+            # /delay/MS/...: answered MS ms later; /status/CODE/...: that status (answers in
+            # order: a delayed answer holds back the ones pipelined after it)
+            try:
+                num = int(path.split("/")[2])
+            except (IndexError, ValueError):
+                num = -1
+            if path.startswith("/delay/") and 0 <= num <= 10000:
+                conn.hold_until = max(conn.hold_until, time.monotonic() + num / 1000.0)
+            elif path.startswith("/status/") and 200 <= num <= 599:
+                status = num
+            payload = f"{path} from {self.name}\n".encode()
         elif path.startswith("/dyn/"):
             payload = b"d" * self.rng.randrange(100, 4000)
         else:
             payload = (
                 f"<html><body><h1>server {self.name}</h1><p>{method} {target}</p></body></html>\n"
             ).encode()
+        # what was answered (extra keys: older readers ignore them)
+        rec["status"] = status
+        rec["resp_len"] = 0 if method == "HEAD" else len(payload)
+        self.pending_log.append(json.dumps(rec, separators=(",", ":")) + "\n")
         conn.reqs.append({"method": method, "path": target, "status": status,
                           "body_len": len(body), "time": rec["time"]})
         head = (
-            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Bad Request'}\r\nServer: pycopy-lab\r\nX-Server: {self.name}\r\n"
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\nServer: pycopy-lab\r\nX-Server: {self.name}\r\n"
             f"Content-Type: {ctype}\r\nContent-Length: {len(payload)}\r\n"
             f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n"
         ).encode()
@@ -237,6 +257,9 @@ class Server:
 
     def _flush(self, conn: _Conn) -> None:
         if conn.closed:
+            return
+        if conn.hold_until and time.monotonic() < conn.hold_until:
+            self.held.add(conn)
             return
         out = conn.out
         while out:
@@ -268,7 +291,15 @@ class Server:
     def serve(self) -> None:
         next_flush = time.monotonic() + 0.1
         while not self.stopping:
-            for key, mask in self.sel.select(0.05):
+            wait = 0.05
+            if self.held:
+                now = time.monotonic()
+                for conn in [c for c in self.held if c.hold_until <= now or c.closed]:
+                    self.held.discard(conn)
+                    self._flush(conn)
+                if self.held:
+                    wait = max(0.0, min(wait, min(c.hold_until for c in self.held) - now))
+            for key, mask in self.sel.select(wait):
                 conn = key.data
                 if conn is None:
                     self._accept()

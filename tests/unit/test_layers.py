@@ -113,7 +113,9 @@ ENGINE_API = {"on_capture", "on_record", "on_timer", "take_output", "next_deadli
               "active_sessions", "time_wait_count", "registrations", "begin_round", "cfg",
               "stats", "memory", "memory_due", "observe_rss",
               # components the cli installs and reads: issue 12, issue 10
-              "brake", "health", "rng", "use_port_pool"}
+              "brake", "health", "rng", "use_port_pool",
+              # --compare (issue 9): which flow a copy belongs to, is a flow copied
+              "flow_of", "replicated"}
 
 
 def test_cli_uses_only_the_engines_interface():

@@ -1,0 +1,220 @@
+"""core/compare.py: the online connection and a target copy, fed as tcpcopy
+sees them (captured client and server packets, packets it sent, intercept's
+records and payload items), joined into one record per request."""
+
+from __future__ import annotations
+
+import json
+
+from pycopy_engine.core.compare import Comparer
+from pycopy_engine.core.stats import Stats
+from pycopy_engine.wire.control import make_record
+from pycopy_engine.wire.tcpip import ACK, FIN, SYN, build_ipv4_tcp
+
+CLI, ONL, TGT = bytes([10, 1, 0, 10]), bytes([10, 1, 0, 11]), bytes([10, 1, 0, 12])
+CPORT, COPY_PORT = 40000, 40123
+PSH = 0x08
+
+
+def pkt(src, dst, sport, dport, seq, ack, flags, data=b""):
+    return build_ipv4_tcp(src, dst, sport, dport, seq, ack, flags, 65535, payload=data)
+
+
+class World:
+    def __init__(self, timeout: float = 5.0) -> None:
+        self.flow = (CLI, CPORT, ONL, 80, 0)
+        self.key = (CLI, COPY_PORT, TGT, 8080)
+        self.stats = Stats()
+        self.copied = True
+        self.cmp = Comparer(self.stats,
+                            lambda k: (self.flow, 0) if k == self.key and self.copied else None,
+                            lambda f: f == self.flow and self.copied, timeout=timeout,
+                            wall_offset=1000.0)
+
+    # online
+    def client(self, seq, ack, flags, data, now):
+        self.cmp.on_online(pkt(CLI, ONL, CPORT, 80, seq, ack, flags, data), now)
+
+    def server(self, seq, ack, flags, data, now):
+        self.cmp.on_online(pkt(ONL, CLI, 80, CPORT, seq, ack, flags, data), now)
+
+    # target copy
+    def sent(self, seq, ack, flags, data, now):
+        self.cmp.on_sent(pkt(CLI, TGT, COPY_PORT, 8080, seq, ack, flags, data), now)
+
+    def target(self, seq, ack, flags, data, now, item_later=0.0):
+        """The target's answer: the header record, and the payload item if any."""
+        p = pkt(TGT, CLI, 8080, COPY_PORT, seq, ack, flags, data)
+        self.cmp.on_record(make_record(p), now)
+        if data:
+            self.cmp.on_items([(CLI, COPY_PORT, TGT, 8080, seq, ack, flags, data)],
+                              now + item_later)
+
+
+REQ = [b"GET /users/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3)]
+
+
+def answer(status: int, body: bytes) -> bytes:
+    return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        status, len(body), body)
+
+
+def run_exchange(w: World, target_status=(200, 200, 200), path_delay=0.010, drop_target=(),
+                 item_later=0.0):
+    c0, s0, t0 = 5000, 9000, 70000
+    w.client(c0, 0, SYN, b"", 0.0)
+    w.server(s0, c0 + 1, SYN | ACK, b"", 0.0)
+    w.sent(c0, 0, SYN, b"", 0.0)
+    w.target(t0, c0 + 1, SYN | ACK, b"", path_delay)  # handshake: path measured
+    c, s, t = c0 + 1, s0 + 1, t0 + 1
+    now = 1.0
+    for i, req in enumerate(REQ):
+        body = b'{"id": %d, "name": "n%d"}' % (i, i)
+        ans = answer(200, body)
+        w.client(c, s, ACK | PSH, req, now)
+        # the online answer, 2 ms later
+        w.server(s, c + len(req), ACK | PSH, ans, now + 0.002)
+        # the copy leaves tcpcopy 1 ms after the capture; the target takes 5 ms
+        w.sent(c, t, ACK | PSH, req, now + 0.001)
+        tans = answer(target_status[i], body)
+        if i not in drop_target:
+            w.target(t, c + len(req), ACK | PSH, tans, now + 0.001 + 0.005 + path_delay,
+                     item_later)
+        c += len(req)
+        s += len(ans)
+        t += len(tans)
+        now += 0.1
+    return now
+
+
+def test_each_request_gets_the_online_and_the_target_answer():
+    w = World()
+    now = run_exchange(w, target_status=(200, 404, 200))
+    w.cmp.on_timer(now)
+    recs = w.cmp.take_records()
+    assert [r["n"] for r in recs] == [0, 1, 2]
+    json.dumps(recs)  # serialisable
+    for i, r in enumerate(recs):
+        assert r["flow"] == "10.1.0.10:40000" and r["proto"] == "http"
+        assert r["req"]["method"] == "GET" and r["req"]["path"] == "/users/%d" % i
+        assert set(r["answers"]) == {"online", "10.1.0.12:8080"}
+        on, tg = r["answers"]["online"], r["answers"]["10.1.0.12:8080"]
+        assert on["status"] == 200 and tg["status"] == (404 if i == 1 else 200)
+        assert on["fields"]["id"] == i and tg["fields"]["name"] == "n%d" % i
+        assert abs(on["first"] - 2.0) < 0.01
+        # the target's 5 ms, once the 10 ms path measured by the handshake is taken off
+        assert abs(tg["first"] - 5.0) < 0.01, tg
+        assert abs(r["t"] - (1000.0 + 1.0 + 0.1 * i)) < 1e-6
+    assert w.stats.c["compare_records"] == 3 and w.stats.c["compare_timeouts"] == 0
+
+
+def test_a_missing_target_answer_is_written_after_the_timeout():
+    w = World(timeout=2.0)
+    now = run_exchange(w, drop_target=(2,))
+    w.cmp.on_timer(now)
+    assert [r["n"] for r in w.cmp.take_records()] == [0, 1]
+    w.cmp.on_timer(now + 1.0)
+    assert w.cmp.take_records() == []
+    for k in range(1, 5):  # tcpcopy retransmits the unanswered request: no progress
+        w.sent(5001 + 2 * len(REQ[0]), 70001, ACK | PSH, REQ[2], now + 0.5 * k)
+    w.cmp.on_timer(now + 2.5)
+    (r,) = w.cmp.take_records()
+    assert r["n"] == 2 and r["answers"]["10.1.0.12:8080"] is None
+    assert r["errors"] == {"10.1.0.12:8080": "timeout"}
+    assert r["answers"]["online"]["status"] == 200
+    assert w.stats.c["compare_timeouts"] == 1 and w.stats.c["compare_records"] == 3
+    # the answer comes after its record was written: counted, not a second record
+    tans = answer(200, b'{"id": 2, "name": "n2"}')
+    w.target(70001 + 2 * len(tans), 5001 + len(REQ[0]) * 3, ACK | PSH, tans, now + 3)
+    w.cmp.finish(now + 4)
+    assert w.cmp.take_records() == [] and w.stats.c["compare_late_answers"] == 1
+
+
+def test_unreplicated_flows_are_not_observed():
+    w = World()
+    w.copied = False  # e.g. -r sampled it out
+    run_exchange(w)
+    assert w.cmp.orphan_count > 0  # held a moment, in case its copy starts
+    w.cmp.on_timer(10.0)
+    assert w.cmp.take_records() == [] and not w.cmp.flows and w.cmp.orphan_count == 0
+
+
+def test_packets_read_before_the_engine_knew_the_flow_are_replayed():
+    w = World()
+    w.copied = False  # the engine has not read the SYN yet (another socket)
+    c0, s0 = 5000, 9000
+    req = REQ[0]
+    w.client(c0, 0, SYN, b"", 0.0)
+    w.server(s0, c0 + 1, SYN | ACK, b"", 0.001)
+    w.client(c0 + 1, s0 + 1, ACK | PSH, req, 0.002)
+    w.server(s0 + 1, c0 + 1 + len(req), ACK | PSH, answer(200, b"{}"), 0.005)
+    assert not w.cmp.flows
+    w.copied = True
+    w.sent(c0, 0, SYN, b"", 0.01)  # the copy starts: the held packets are replayed
+    w.cmp.on_timer(0.02)
+    w.cmp.finish(0.03)
+    (r,) = w.cmp.take_records()
+    assert r["answers"]["online"]["status"] == 200 and abs(r["answers"]["online"]["first"] - 3) < .01
+
+
+def test_target_fin_closes_and_flow_is_forgotten():
+    w = World()
+    now = run_exchange(w)
+    w.client(5001 + sum(map(len, REQ)), 0, FIN | ACK, b"", now)
+    w.cmp.on_timer(now)
+    assert len(w.cmp.take_records()) == 3
+    assert w.cmp.flows  # still open: no FIN from the servers yet
+    w.cmp.finish(now + 1)
+    assert not w.cmp.flows and not w.cmp.copies
+
+
+def test_counters_are_exported_to_prometheus():
+    from pycopy_engine.cli.statsout import GAUGES
+    from pycopy_engine.io.metrics import render_prometheus
+
+    w = World(timeout=2.0)
+    now = run_exchange(w, drop_target=(2,))
+    w.cmp.on_timer(now + 3)
+    text = render_prometheus("pycopy_tcpcopy", w.stats.snapshot(), GAUGES)
+    assert "pycopy_tcpcopy_compare_records_total 3\n" in text
+    assert "pycopy_tcpcopy_compare_timeouts_total 1\n" in text
+    assert "# TYPE pycopy_tcpcopy_compare_flows gauge" in text
+
+
+def test_target_answers_are_timed_by_their_header_record():
+    w = World()
+    now = run_exchange(w, item_later=0.020)  # each payload item 20 ms after its record
+    w.cmp.on_timer(now)
+    for r in w.cmp.take_records():
+        assert abs(r["answers"]["10.1.0.12:8080"]["first"] - 5.0) < 0.01, r
+
+
+def test_a_copy_behind_online_but_busy_is_waited_for():
+    w = World(timeout=1.0)
+    c0, s0, t0 = 5000, 9000, 70000
+    w.client(c0, 0, SYN, b"", 0.0)
+    w.server(s0, c0 + 1, SYN | ACK, b"", 0.0)
+    c, s = c0 + 1, s0 + 1
+    for i, req in enumerate(REQ):  # online answers all three at once
+        ans = answer(200, b"{}")
+        w.client(c, s, ACK | PSH, req, 0.1 * i)
+        w.server(s, c + len(req), ACK | PSH, ans, 0.1 * i + 0.001)
+        c, s = c + len(req), s + len(ans)
+    w.sent(c0, 0, SYN, b"", 0.0)
+    w.target(t0, c0 + 1, SYN | ACK, b"", 0.001)
+    c, t = c0 + 1, t0 + 1
+    recs: list = []
+    for i, req in enumerate(REQ):  # the copy runs 1.5 s apart per request (target is slow)
+        now = 1.0 + 1.5 * i
+        w.sent(c, t, ACK | PSH, req, now)
+        w.cmp.on_timer(now + 0.5)  # request i is more than the timeout behind online's
+        recs += w.cmp.take_records()
+        assert len(recs) == i  # the busy copy is waited for
+        tans = answer(201, b"{}")
+        w.target(t, c + len(req), ACK | PSH, tans, now + 1.0)
+        c, t = c + len(req), t + len(tans)
+    w.cmp.on_timer(6.0)
+    recs += w.cmp.take_records()
+    assert [r["answers"]["10.1.0.12:8080"]["status"] for r in recs] == [201] * 3
+    assert all(abs(r["answers"]["10.1.0.12:8080"]["first"] - 999.0) < 0.01 for r in recs)
+    assert w.stats.c["compare_timeouts"] == 0 and w.stats.c["compare_records"] == 3
