@@ -199,7 +199,7 @@ class Engine:
                 if not s.ended:
                     self._guard(s, now, s.on_client, seg, now)
             return
-        for s in sessions:
+        for s in tuple(sessions):  # a copy that ends leaves the list: the others still get it
             try:
                 s.on_client(seg, now)
             except Exception as exc:
@@ -251,7 +251,7 @@ class Engine:
             self.memory.bury(flow, seg.seq if seg.flags & SYN else -1, now, reason)
             return live
         self.flows[flow] = live
-        return live
+        return live[:]  # the caller's loop must not skip a copy when another one ends
 
     def _in_use(self, key: Key) -> bool:
         # Only live sessions block a 4-tuple: the real client reuses ports as

@@ -165,6 +165,25 @@ def test_copies_of_a_session_never_share_a_client_port_n_and_c_per_target():
     assert {k[0] for k in eng.sessions} <= set(clt)
 
 
+@pytest.mark.parametrize("tee,replicas", [(True, 1), (True, 2), (False, 3)])
+def test_every_copy_closes_when_the_targets_closed_first(tee, replicas):
+    """The client's FIN ends a copy whose target already closed; the copy after it in
+    the flow's list must still get that FIN (it was skipped once: the list shrank
+    under the loop, and the copy stayed ESTABLISHED until the -t timeout)."""
+    eng = Engine(EngineConfig(maps=MAPS if tee else MAPS[:1], seed=7, tee=tee,
+                              replicas=replicas))
+    targets = Targets(SimServer(TA, 8080, seed=99, close_after=1),
+                      SimServer(TB, 80, seed=98, close_after=1))
+    wire = Wire(eng, targets)
+    for port in (40000, 40001):
+        for p in session(port, 1):
+            wire.capture(p, 0.01)
+    n = 2 * replicas * (2 if tee else 1)
+    c = eng.stats.c
+    assert c["resp_fin"] == c["send_fin"] == c["sessions_closed"] == n
+    assert not eng.sessions and not eng.flows
+
+
 def test_copy_ports_of_the_first_target_are_those_of_plain_n():
     """Target j's -n copies take copy numbers j*n.., so target A's are plain -n's."""
     eng, targets, wire = make(replicas=2)
