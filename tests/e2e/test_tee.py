@@ -17,7 +17,9 @@ lost, which is not what these tests are about.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import os
 import statistics
 import time
 from typing import Any, Dict
@@ -191,6 +193,8 @@ def test_sampling_picks_the_same_sessions_for_both_targets(lab, tee):
 
 
 def test_own_address_mode_tees_from_pool_ports(lab, tee):
+    ino = os.stat("/run/netns/" + lab.ns["online"]).st_ino
+    lock = f"/run/pycopy/noassist-netns{ino}.lock"
     tc = tee(name="tc-tee-own", assistant=False)
     res = run_client(lab, requests=100, connections=4, mode="close", tag="town")
     assert res["ok"] == 100
@@ -201,3 +205,8 @@ def test_own_address_mode_tees_from_pool_ports(lab, tee):
     ports = [r["client_port"] for recs in got.values() for r in recs]
     assert len(set(ports)) == 200  # every copy its own pool port
     assert tc.wait_stat("sessions_opened", 200) == 200
+    assert tc.stop() == 0  # a clean exit: the drop rule goes with it
+    assert lab.run("online", ["nft", "list", "table", "ip", "pycopy_noassist"],
+                   check=False).returncode != 0
+    with contextlib.suppress(FileNotFoundError):  # tcpcopy's instance lock of that netns
+        os.unlink(lock)
