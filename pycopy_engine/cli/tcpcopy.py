@@ -35,6 +35,8 @@ USAGE_EXAMPLE = """example:
   tcpcopy -x 80-10.0.0.12:8080 -s 10.0.0.13      copy port 80 to 10.0.0.12:8080,
                                                 intercept running on 10.0.0.13
   tcpcopy -x 10.0.0.11:80-10.0.0.12:80 -s 10.0.0.13 -n 3 -r 50 -c 10.0.1.x
+  tcpcopy -x 80-10.0.0.12:80,80-10.0.0.14:80 --tee -s 10.0.0.13
+                                                every session to both targets
   tcpcopy -x 80-10.0.0.12:8080 --no-assistant    own-address mode: no intercept, no route
                                                 on the target (clouds); run as root
 """
@@ -80,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("-x", dest="maps", metavar="[ip:]port-ip:port[,...]", required=True,
       type=opt_type("-x", parse_maps, "bad map"),
-      help="online address -> target address (several, comma-separated)")
+      help="online address -> target address (several, comma-separated; the first matching"
+           " map wins, unless --tee)")
+    a("--tee", action="store_true",
+      help="copy each session to EVERY target whose -x map matches (comparison experiments):"
+           " each copy is its own session with its own client port; -r samples the same"
+           " sessions for every target, -n and -c apply per target")
     a("-s", dest="servers", metavar="ip[:port][,...]",
       help="intercept servers (port defaults to -p); required unless --no-assistant")
     a("--no-assistant", dest="no_assistant", action="store_true",
@@ -177,7 +184,7 @@ def make_config(args: argparse.Namespace) -> EngineConfig:
         gradual=args.gradual, only_syn=args.only_syn, no_wait=args.no_wait, mtu=args.mtu,
         mss=args.mss, rtt=args.rtt_ms / 1000.0, session_timeout=float(args.timeout),
         keepalive_timeout=float(keepalive), mem_limit=args.mem_mb << 20, seed=args.seed,
-        restart_salt=restart_port_salt(time.time()))
+        restart_salt=restart_port_salt(time.time()), tee=args.tee)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -211,12 +218,48 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.speed = 1.0
     check_unattended_options(p, args)
     check_compare_options(p, args)
+    if args.tee:
+        _check_tee(p, args)
     for m in args.maps:
         if m.online_ip is None and m.online_port == m.target_port and args.iface and not args.filter:
             p.error("option -x: online port %d equals the target port and no online IP is given;"
                     " with -i this would capture tcpcopy's own copies: add the online IP or -F"
                     % m.online_port)
     return args
+
+
+def _map_text(m: TargetMap) -> str:
+    return "%s%d-%s:%d" % ((socket.inet_ntoa(m.online_ip) + ":") if m.online_ip else "",
+                           m.online_port, socket.inet_ntoa(m.target_ip), m.target_port)
+
+
+def _check_tee(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--tee needs two targets for one online address, each listed once for it, and
+    at most 1023 copies of a session in all (the -n port shifts)."""
+    maps = args.maps
+    text = ",".join(map(_map_text, maps))
+    fan = 1
+    # every kind of captured packet: a port with one of the online IPs named for it,
+    # or with any other address (None: only the maps without an online IP match)
+    kinds = {(m.online_port, m.online_ip) for m in maps} | {(m.online_port, None) for m in maps}
+    for port, ip in sorted(kinds, key=lambda k: (k[0], k[1] or b"")):
+        hit = [m for m in maps
+               if m.online_port == port and (m.online_ip is None or m.online_ip == ip)]
+        targets = {(m.target_ip, m.target_port) for m in hit}
+        if len(targets) < len(hit):
+            dup = next(m for i, m in enumerate(hit) if (m.target_ip, m.target_port) in
+                       {(o.target_ip, o.target_port) for o in hit[:i]})
+            p.error("option -x: invalid value %r with --tee: target %s:%d is mapped twice for"
+                    " online %s%d (each session would go to it twice; use -n for several"
+                    " copies)" % (text, socket.inet_ntoa(dup.target_ip), dup.target_port,
+                                  (socket.inet_ntoa(ip) + ":") if ip else "port ", port))
+        fan = max(fan, len(targets))
+    if fan < 2:
+        p.error("option --tee: -x %r maps no online address to two targets: nothing to copy"
+                " to several targets (give one map per target, e.g. -x 80-A:80,80-B:80)" % text)
+    if fan * args.replicas > 1023:
+        p.error("option -n: invalid value %d: with --tee, %d targets x %d copies exceed 1023"
+                " copies of a session" % (args.replicas, fan, args.replicas))
 
 
 def _own_addresses(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

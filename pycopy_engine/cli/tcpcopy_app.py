@@ -297,6 +297,8 @@ class TcpCopyApp:
             "%s%d->%s:%d" % ((bpf.socket.inet_ntoa(m.online_ip) + ":") if m.online_ip else "",
                              m.online_port, bpf.socket.inet_ntoa(m.target_ip), m.target_port)
             for m in args.maps))
+        if getattr(args, "tee", False):
+            log.log(25, "--tee: each session is copied to every target whose map matches")
         log.log(25, "session timeout:%d, keepalive timeout:%d, repl num:%d, parallel "
                 "connections per target:%d, mode:%s", self.engine.cfg.session_timeout,
                 self.engine.cfg.keepalive_timeout, args.replicas, args.conns,

@@ -27,6 +27,7 @@ from .memory import MemoryGuard
 from .portpool import PortPool
 from .session import Session
 from .stats import Stats
+from .tee import Tee
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class EngineConfig:
     # sessions picked up mid-stream: client ports use this per-start salt in
     # place of R (mapping.restart_port_salt; the cli sets it, 0 = none)
     restart_salt: int = 0
+    # --tee: a session is copied to every matching -x map (default: the first
+    # match only, as in C); target j's copies are -n copies j*n .. j*n+n-1
+    tee: bool = False
     extra: Dict[str, object] = field(default_factory=dict)
 
 
@@ -87,6 +91,7 @@ class Engine:
         self._next_sweep = 0.0
         self._error_types: Set[str] = set()  # internal errors already logged
         self.target_ips = {m.target_ip for m in cfg.maps}
+        self.tee: Optional[Tee] = Tee(self) if cfg.tee else None  # --tee (core/tee.py)
         self.brake: Optional["EngineBrake"] = None  # brake hook: set by the cli (issue 12)
         self.health: Optional["Health"] = None  # health hook: set by the cli (issue 12)
         self.stats.add_gauge("sessions_active", lambda: len(self.sessions))
@@ -194,7 +199,7 @@ class Engine:
                 if not s.ended:
                     self._guard(s, now, s.on_client, seg, now)
             return
-        for s in sessions:
+        for s in tuple(sessions):  # a copy that ends leaves the list: the others still get it
             try:
                 s.on_client(seg, now)
             except Exception as exc:
@@ -202,14 +207,20 @@ class Engine:
 
     def _open(self, flow: tuple, seg, m: TargetMap, now: float) -> List[Session]:
         c = self.stats.c
-        if self.brake is not None and not self.brake.admit(m, now):  # brake hook
+        if self.tee is not None:  # every matching target; a braked one is skipped alone
+            copies = self.tee.copies(seg, now)
+            if not copies:
+                return []
+        elif self.brake is not None and not self.brake.admit(m, now):  # brake hook
             return []
+        else:
+            copies = [(m, i, i) for i in range(self.cfg.replicas)]
         out = []
-        in_use = self._in_use
+        in_use = self.tee.in_use if self.tee is not None else self._in_use
         # A flow without a captured SYN is older than this process: the
         # previous tcpcopy may still hold its 4-tuple open on the target.
         restart_salt = 0 if seg.flags & SYN else self.cfg.restart_salt
-        for copy in range(self.cfg.replicas):
+        for m, copy, rep in copies:
             self.memory.before_open(self.sessions, now)  # -m: room under the session cap
             if self.pool is not None:
                 slot = self.pool.acquire(now, self.port_busy)
@@ -221,7 +232,7 @@ class Engine:
                 try:
                     key, skipped = self.mapper.allocate(seg.src, seg.sport, copy, m.target_ip,
                                                         m.target_port, in_use, self.port_salt,
-                                                        restart_salt)
+                                                        restart_salt, rep)
                 except PortExhausted:
                     c["port_exhausted"] += 1  # every port of that client address is live: skip
                     continue
@@ -240,7 +251,7 @@ class Engine:
             self.memory.bury(flow, seg.seq if seg.flags & SYN else -1, now, reason)
             return live
         self.flows[flow] = live
-        return live
+        return live[:]  # the caller's loop must not skip a copy when another one ends
 
     def _in_use(self, key: Key) -> bool:
         # Only live sessions block a 4-tuple: the real client reuses ports as

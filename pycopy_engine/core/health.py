@@ -7,7 +7,7 @@ Three figures per target, each counted in one-second buckets over the last
   the flow's previous one starts a request (the engine's own rule), counted
   once per copy that replays (or would replay, were the brake not engaged)
   the flow; sampled-out flows (``-r``) and ``-O`` flows without a SYN are
-  not counted;
+  not counted; with ``--tee``, for each target the flow is copied to;
 * requests completed: the target sent the first bytes of the answer to a
   replayed request (reported by intercept);
 * handshakes failed: a new session's SYN got no SYN-ACK reported within the
@@ -125,6 +125,9 @@ class Health:
         if len(la) > MAX_FLOWS:
             la.popitem(last=False)
         e = self.e
+        if e.tee is not None:
+            self._tee_data(seg, sessions, now)
+            return
         if sessions:
             n = len(sessions)
         elif e.brake is not None and e.brake.brake.engaged((m.target_ip, m.target_port)):
@@ -134,6 +137,28 @@ class Health:
         else:
             n = e.cfg.replicas
         self._add((m.target_ip, m.target_port), CAPTURED, n, now)
+
+    def _tee_data(self, seg: Any, sessions: Optional[list], now: float) -> None:
+        """--tee: the rule above, for each target the segment is copied to.  A target
+        with no live copy in a flow that has some (braked when the session was
+        opened, its copies ended, no free port) counts -n copies that will not
+        complete: its replication shows the loss."""
+        e = self.e
+        n = e.cfg.replicas
+        sampled: Optional[bool] = None
+        for m in e.tee.maps(seg) if e.tee is not None else ():
+            t = (m.target_ip, m.target_port)
+            if sessions:
+                k = sum(1 for s in sessions if s.tip == t[0] and s.tport == t[1]) or n
+            elif e.brake is not None and e.brake.brake.engaged(t):
+                k = n
+            else:
+                if sampled is None:
+                    sampled = not e.cfg.only_syn and e.sampler.keep(seg.src, seg.sport, now)
+                if not sampled:
+                    continue
+                k = n
+            self._add(t, CAPTURED, k, now)
 
     def on_response(self, s: Any, seg: Any, now: float) -> None:
         """A record with payload for a live session, before the session handles it:

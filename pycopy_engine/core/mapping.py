@@ -41,6 +41,19 @@ def find_map(maps: Sequence[TargetMap], dst: bytes, dport: int) -> Optional[Targ
     return None
 
 
+def find_maps(maps: Sequence[TargetMap], dst: bytes, dport: int) -> List[TargetMap]:
+    """``--tee``: every map whose online address matches, in ``-x`` order, one per target."""
+    out: List[TargetMap] = []
+    seen = set()
+    for m in maps:
+        if m.online_port == dport and (m.online_ip is None or m.online_ip == dst):
+            t = (m.target_ip, m.target_port)
+            if t not in seen:
+                seen.add(t)
+                out.append(m)
+    return out
+
+
 def wrap_port(port: int) -> int:
     """Fold a shifted port back into 1024..65535 (C wraps to 1024 + overflow)."""
     if port <= 0xFFFF:
@@ -128,11 +141,15 @@ class AddressMapper:
 
     def allocate(self, orig_ip: bytes, orig_port: int, copy: int, target_ip: bytes,
                  target_port: int, in_use: Callable[[Key], bool],
-                 salt: int = 0, restart_salt: int = 0) -> Tuple[Key, int]:
+                 salt: int = 0, restart_salt: int = 0,
+                 ip_copy: Optional[int] = None) -> Tuple[Key, int]:
         """(key the target will see, number of occupied ports skipped).
 
+        ``ip_copy``: the copy number that picks the ``-c`` address, when it is
+        not ``copy`` (``--tee``: every target sees the same address for a
+        session's copy *i*, while the port is shifted by the global copy number).
         Raises ``PortExhausted`` when every port of that client address is taken."""
-        ip = self.client_ip(orig_ip, copy)
+        ip = self.client_ip(orig_ip, copy if ip_copy is None else ip_copy)
         port = self.preferred_port(orig_port, copy, salt, restart_salt)
         key = (ip, port, target_ip, target_port)
         if not in_use(key):
