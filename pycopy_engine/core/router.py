@@ -125,24 +125,24 @@ class Router:
                 del table[k]
             if stale:
                 c["route_expired"] += len(stale)
-        delayed = self.delayed
-        limit = now - self.delay_ttl
-        while delayed:
-            key, (since, recs) = next(iter(delayed.items()))
-            if since >= limit:
-                break
-            del delayed[key]
-            self.n_delayed -= len(recs)
-            c["drop:delay_expired"] += len(recs)
-        early = self.early
-        limit = now - self.early_ttl
-        while early:
-            key, (since, recs) = next(iter(early.items()))
-            if since >= limit:
-                break
-            del early[key]
-            self.n_early -= len(recs)
-            c["drop:no_route"] += len(recs)  # no CLIENT_ADD came: not ours
+        n = _expire_held(self.delayed, now - self.delay_ttl)
+        self.n_delayed -= n
+        c["drop:delay_expired"] += n
+        n = _expire_held(self.early, now - self.early_ttl)
+        self.n_early -= n
+        c["drop:no_route"] += n  # no CLIENT_ADD came: not ours
+
+
+def _expire_held(table: "OrderedDict[Key, Tuple[float, List[bytes]]]", limit: float) -> int:
+    """Drop the entries held since before ``limit`` (oldest first); how many records."""
+    n = 0
+    while table:
+        key, (since, recs) = next(iter(table.items()))
+        if since >= limit:
+            break
+        del table[key]
+        n += len(recs)
+    return n
 
 
 class Combiner:
