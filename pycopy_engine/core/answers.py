@@ -33,8 +33,6 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .http1 import (
     HEAD_LIMIT,
-    REQUEST_LINE,
-    STATUS_LINE,
     Bad,
     Body,
     flatten,
@@ -42,7 +40,8 @@ from .http1 import (
     head_end,
     header_pattern,
     looks_like_request,
-    parse_head,
+    request_head,
+    status_head,
 )
 
 DEFAULT_HEADERS = ("content-type", "content-encoding", "location")
@@ -99,11 +98,13 @@ class _Answer:
             else:
                 jb += mv
 
-    def parse_json(self) -> None:
-        data, self.jbuf = self.jbuf, None
-        if not data:
-            return
-        raw = bytes(data)
+    def parse_json(self, raw: bytes = b"") -> None:
+        """Fields of the JSON body: ``raw`` when it came whole, else what ``jbuf`` holds."""
+        if not raw:
+            data, self.jbuf = self.jbuf, None
+            if not data:
+                return
+            raw = bytes(data)
         if self.encoding in ("gzip", "x-gzip", "deflate"):
             try:
                 d = zlib.decompressobj(47 if "gzip" in self.encoding else zlib.MAX_WBITS)
@@ -355,10 +356,11 @@ class Exchange:
 
     def _request_head(self, buf: bytes, pos: int, now: float) -> int:
         end = len(buf)
-        while pos < end and buf[pos] in b"\r\n":  # empty lines between requests are allowed
-            pos += 1
-        if pos == end:
-            return pos
+        if buf[pos] in b"\r\n":  # empty lines between requests are allowed
+            while pos < end and buf[pos] in b"\r\n":
+                pos += 1
+            if pos == end:
+                return pos
         if self._rq_t0 is None:
             self._rq_t0 = now
         e = head_end(buf, pos)
@@ -369,16 +371,15 @@ class Exchange:
                 if looks_like_request(buf[pos:pos + 256]) is False:
                     raise Bad("bad request line")
                 return pos
-            first, fields = parse_head(buf[pos:e], self._wanted)
-            m = REQUEST_LINE.match(first)
-            if not m:
-                raise Bad("bad request line")
-            kind, length = framing(fields, True)
+            method, path, fields = request_head(buf, pos, e, self._wanted)
+            kind, length = framing(fields, True) if fields else ("none", 0)
         except Bad as err:
             self._request_garbage(str(err), now)
             return pos
-        r = self._new_request(m.group(1).decode("latin-1"), m.group(2).decode("latin-1"),
-                              self._rq_t0)
+        r = self._new_request(method, path, self._rq_t0)
+        if kind == "length" and e + length <= end:  # the whole body is here too
+            e += length
+            kind = "none"
         r.size = e - pos
         r.hash.update(memoryview(buf)[pos:e])
         self._waiting.append(r)
@@ -465,11 +466,7 @@ class Exchange:
             if not _HTTP1_PREFIX.startswith(start):
                 raise Bad("bad status line")
             return pos
-        first, fields = parse_head(buf[pos:e], self._wanted)
-        m = STATUS_LINE.match(first)
-        if not m:
-            raise Bad("bad status line")
-        status = int(m.group(2))
+        status, fields = status_head(buf, pos, e, self._wanted)
         if 100 <= status < 200 and status != 101:  # interim: the real answer follows
             self._an_t0 = None
             return e
@@ -491,11 +488,19 @@ class Exchange:
         if kind == "none":
             self._answer_done(r)
             return e
-        ctype = a.headers.get("content-type", fields.get("content-type", [""])[0]).lower()
+        ctype = ", ".join(fields["content-type"]).lower() if "content-type" in fields else ""
         a.json_ok = "json" in ctype
+        if kind == "length" and e + length <= end:  # the whole body is here: no streaming
+            a.size = length
+            a.hash.update(memoryview(buf)[e:e + length])
+            if (a.json_ok or not ctype) and length <= a.limit:
+                a.encoding = ", ".join(fields.get("content-encoding", ())).strip().lower()
+                a.parse_json(buf[e:e + length])
+            self._answer_done(r)
+            return e + length
         if a.json_ok or not ctype:
             a.jbuf = bytearray()
-            a.encoding = ", ".join(fields.get("content-encoding", [])).strip().lower()
+            a.encoding = ", ".join(fields.get("content-encoding", ())).strip().lower()
         a.body = Body(kind, length)
         self._an_state = _BODY
         return e
