@@ -50,6 +50,7 @@ DETECT_LIMIT = 8192  # client bytes looked at to recognise HTTP
 MAX_PENDING = 1024  # requests waiting for their answers, then the connection is no longer read
 _HEAD, _BODY, _ABSORB, _OPAQUE = range(4)
 _HTTP1_PREFIX = b"HTTP/1."
+_NO_HEADERS: Dict[str, str] = {}
 
 
 @dataclass
@@ -74,9 +75,10 @@ class _Answer:
     __slots__ = ("status", "headers", "size", "hash", "limit", "jbuf", "json_ok", "encoding",
                  "fields", "truncated", "t_first", "t_last", "error", "done", "body")
 
-    def __init__(self, t_first: Optional[float], limit: int = 0) -> None:
-        self.status: Optional[int] = None
-        self.headers: Dict[str, str] = {}
+    def __init__(self, t_first: Optional[float], limit: int = 0, status: Optional[int] = None,
+                 headers: Dict[str, str] = _NO_HEADERS) -> None:
+        self.status = status
+        self.headers = headers  # (given with the status, the only time they are written out)
         self.size = 0
         self.hash = hashlib.blake2b(digest_size=DIGEST_SIZE)
         self.limit = limit
@@ -385,19 +387,24 @@ class Exchange:
             self._request_garbage(str(err), now)
             return pos
         r = self._new_request(method, path, self._rq_t0)
-        if kind == "length" and e + length <= end:  # the whole body is here too
-            e += length
-            kind = "none"
-        r.size = e - pos
-        r.hash.update(memoryview(buf)[pos:e])
-        self._waiting.append(r)
-        if len(self._waiting) > MAX_PENDING:
+        waiting = self._waiting
+        waiting.append(r)
+        if len(waiting) > MAX_PENDING:
+            r.size = e - pos
+            r.hash.update(memoryview(buf)[pos:e])
             r.error = "parse: too many requests waiting for answers"
             self.errors += 1
             self._rq_state = _OPAQUE
             return e
+        if kind == "length" and e + length <= end:  # the whole body is here too
+            e += length
+            kind = "none"
+        r.size = e - pos
+        r.hash.update(buf if e - pos == end else memoryview(buf)[pos:e])
         if kind == "none":
-            self._request_done(r, now)
+            r.done = True
+            r.t_done = now
+            self._rq_t0 = None  # (its answer cannot have come yet: nothing to flush)
         else:
             r.body = Body(kind, length)
             self._rq = r
@@ -478,12 +485,11 @@ class Exchange:
         if 100 <= status < 200 and status != 101:  # interim: the real answer follows
             self._an_t0 = None
             return e
-        r = self._current(now)
-        a = r.answer = _Answer(self._an_t0, self.json_limit)
-        self._an_t0 = None
+        r = self._waiting[0] if self._waiting else self._current(now)
+        r.answer = a = _Answer(self._an_t0, self.json_limit, status,
+                               {h: ", ".join(fields[h]) for h in self.headers if h in fields})
         a.t_last = now
-        a.status = status
-        a.headers = {h: ", ".join(fields[h]) for h in self.headers if h in fields}
+        self._an_t0 = None
         self._an = r
         if status == 101 or (r.method == "CONNECT" and 200 <= status < 300):
             self._answer_done(r)

@@ -90,7 +90,8 @@ def request_head(buf: bytes, pos: int, end: int, wanted: "re.Pattern[bytes]"
     request head ``buf[pos:end]``; :class:`Bad` if it is malformed."""
     m = _REQUEST_HEAD.fullmatch(buf, pos, end)
     if m:  # one regex checked it all
-        fields = _found(wanted.findall(buf, pos, end))
+        pairs = wanted.findall(buf, pos, end)
+        fields = _found(pairs) if pairs else {}
     else:
         first, fields = parse_head(buf, wanted, pos, end)
         m = REQUEST_LINE.match(first)
@@ -152,13 +153,13 @@ def _parse_head_slow(head: bytes) -> Tuple[bytes, Dict[str, List[str]]]:
 
 def framing(fields: Dict[str, List[str]], request: bool) -> Tuple[str, int]:
     """("none"|"length"|"chunked"|"close", length) of a message's body."""
-    te = fields.get("transfer-encoding")
     cl = fields.get("content-length")
-    if te is None and cl is not None and len(cl) == 1:  # the common case, in short
+    if cl is not None and len(cl) == 1 and "transfer-encoding" not in fields:  # the usual case
         value = cl[0]
         if value.isdigit() and value.isascii() and len(value) <= 18:
             length = int(value)
             return ("length", length) if length else ("none", 0)
+    te = fields.get("transfer-encoding")
     if te:
         codings = [c.strip().lower() for v in te for c in v.split(",") if c.strip()]
         if codings and codings[-1] == "chunked":
