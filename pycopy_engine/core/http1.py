@@ -295,9 +295,9 @@ def _walk(v: Any, path: str, out: Dict[str, Any], limit: int) -> None:
             else:
                 out[prefix + k] = x
     else:
-        for i, x in enumerate(v):
-            p = path + _INDEX[i] if i < 1024 else "%s[%d]" % (path, i)
+        names = _INDEX if len(v) <= len(_INDEX) else ["[%d]" % i for i in range(len(v))]
+        for name, x in zip(names, v):
             if type(x) is dict or type(x) is list:
-                _walk(x, p, out, limit)
+                _walk(x, path + name, out, limit)
             else:
-                out[p] = x
+                out[path + name] = x
