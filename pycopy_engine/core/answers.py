@@ -25,7 +25,6 @@ the answer's first and last byte.
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from collections import deque
 from dataclasses import dataclass
@@ -33,16 +32,16 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .http1 import (
     HEAD_LIMIT,
-    REQUEST_LINE,
-    STATUS_LINE,
     Bad,
     Body,
     flatten,
     framing,
     head_end,
     header_pattern,
+    load_json,
     looks_like_request,
-    parse_head,
+    request_head,
+    status_head,
 )
 
 DEFAULT_HEADERS = ("content-type", "content-encoding", "location")
@@ -51,12 +50,16 @@ DETECT_LIMIT = 8192  # client bytes looked at to recognise HTTP
 MAX_PENDING = 1024  # requests waiting for their answers, then the connection is no longer read
 _HEAD, _BODY, _ABSORB, _OPAQUE = range(4)
 _HTTP1_PREFIX = b"HTTP/1."
+_NO_HEADERS: Dict[str, str] = {}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Summary:
     """One request and its answer; ``to_json`` gives the ``req`` and ``answer``
-    objects of a ``--compare`` record."""
+    objects of a ``--compare`` record. (Not frozen: a frozen dataclass costs a
+    microsecond more to make, and one is made per request.)"""
+
+    __slots__ = ("n", "proto", "t", "req", "answer")
 
     n: int  # request number within the connection, 0-based
     proto: str  # "http" or "tcp"
@@ -72,9 +75,10 @@ class _Answer:
     __slots__ = ("status", "headers", "size", "hash", "limit", "jbuf", "json_ok", "encoding",
                  "fields", "truncated", "t_first", "t_last", "error", "done", "body")
 
-    def __init__(self, t_first: Optional[float], limit: int = 0) -> None:
-        self.status: Optional[int] = None
-        self.headers: Dict[str, str] = {}
+    def __init__(self, t_first: Optional[float], limit: int = 0, status: Optional[int] = None,
+                 headers: Dict[str, str] = _NO_HEADERS) -> None:
+        self.status = status
+        self.headers = headers  # (given with the status, the only time they are written out)
         self.size = 0
         self.hash = hashlib.blake2b(digest_size=DIGEST_SIZE)
         self.limit = limit
@@ -99,11 +103,13 @@ class _Answer:
             else:
                 jb += mv
 
-    def parse_json(self) -> None:
-        data, self.jbuf = self.jbuf, None
-        if not data:
-            return
-        raw = bytes(data)
+    def parse_json(self, raw: bytes = b"") -> None:
+        """Fields of the JSON body: ``raw`` when it came whole, else what ``jbuf`` holds."""
+        if not raw:
+            data, self.jbuf = self.jbuf, None
+            if not data:
+                return
+            raw = bytes(data)
         if self.encoding in ("gzip", "x-gzip", "deflate"):
             try:
                 d = zlib.decompressobj(47 if "gzip" in self.encoding else zlib.MAX_WBITS)
@@ -117,27 +123,28 @@ class _Answer:
         if not self.json_ok and raw.lstrip()[:1] not in (b"{", b"["):
             return
         try:
-            doc = json.loads(raw)
+            doc = load_json(raw)
         except (ValueError, RecursionError):
             return
         self.fields, self.truncated = flatten(doc)
 
     def to_json(self, t_req: float, tcp: bool) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        if self.t_first is None:  # not one byte of it
-            out["error"] = self.error or "closed"
-            return out
-        if not tcp and self.status is not None:
-            out["status"] = self.status
-            out["headers"] = self.headers
-        out["size"] = self.size
-        out["digest"] = self.hash.hexdigest()
+        t_first = self.t_first
+        if t_first is None:  # not one byte of it
+            return {"error": self.error or "closed"}
+        if tcp or self.status is None:
+            out: Dict[str, Any] = {"size": self.size, "digest": self.hash.hexdigest()}
+        else:
+            out = {"status": self.status, "headers": self.headers, "size": self.size,
+                   "digest": self.hash.hexdigest()}
         if self.fields is not None:
             out["fields"] = self.fields
             if self.truncated:
                 out["fields_truncated"] = True
-        out["first"] = round(max(0.0, self.t_first - t_req) * 1000.0, 3)
-        out["last"] = round(max(0.0, (self.t_last or self.t_first) - t_req) * 1000.0, 3)
+        first = t_first - t_req
+        last = (self.t_last or t_first) - t_req
+        out["first"] = round(first * 1000.0, 3) if first > 0.0 else 0.0
+        out["last"] = round(last * 1000.0, 3) if last > 0.0 else 0.0
         if self.error:
             out["error"] = self.error
         return out
@@ -269,14 +276,18 @@ class Exchange:
 
     def _flush(self) -> None:
         order = self._order
-        while order and order[0].done and order[0].answer is not None and order[0].answer.done:
-            r = order.popleft()
+        while order:
+            r = order[0]
             a = r.answer
-            assert a is not None
+            if not r.done or a is None or not a.done:
+                return
+            order.popleft()
             tcp = self.proto == "tcp"
-            req: Dict[str, Any] = {} if tcp else {"method": r.method, "path": r.path}
-            req["size"] = r.size
-            req["digest"] = r.hash.hexdigest()
+            if tcp:
+                req: Dict[str, Any] = {"size": r.size, "digest": r.hash.hexdigest()}
+            else:
+                req = {"method": r.method, "path": r.path, "size": r.size,
+                       "digest": r.hash.hexdigest()}
             if r.error and not a.error:
                 a.error = r.error
             t_req = r.t_done if r.t_done is not None else r.t0
@@ -355,10 +366,11 @@ class Exchange:
 
     def _request_head(self, buf: bytes, pos: int, now: float) -> int:
         end = len(buf)
-        while pos < end and buf[pos] in b"\r\n":  # empty lines between requests are allowed
-            pos += 1
-        if pos == end:
-            return pos
+        if buf[pos] in b"\r\n":  # empty lines between requests are allowed
+            while pos < end and buf[pos] in b"\r\n":
+                pos += 1
+            if pos == end:
+                return pos
         if self._rq_t0 is None:
             self._rq_t0 = now
         e = head_end(buf, pos)
@@ -369,26 +381,30 @@ class Exchange:
                 if looks_like_request(buf[pos:pos + 256]) is False:
                     raise Bad("bad request line")
                 return pos
-            first, fields = parse_head(buf[pos:e], self._wanted)
-            m = REQUEST_LINE.match(first)
-            if not m:
-                raise Bad("bad request line")
-            kind, length = framing(fields, True)
+            method, path, fields = request_head(buf, pos, e, self._wanted)
+            kind, length = framing(fields, True) if fields else ("none", 0)
         except Bad as err:
             self._request_garbage(str(err), now)
             return pos
-        r = self._new_request(m.group(1).decode("latin-1"), m.group(2).decode("latin-1"),
-                              self._rq_t0)
-        r.size = e - pos
-        r.hash.update(memoryview(buf)[pos:e])
-        self._waiting.append(r)
-        if len(self._waiting) > MAX_PENDING:
+        r = self._new_request(method, path, self._rq_t0)
+        waiting = self._waiting
+        waiting.append(r)
+        if len(waiting) > MAX_PENDING:
+            r.size = e - pos
+            r.hash.update(memoryview(buf)[pos:e])
             r.error = "parse: too many requests waiting for answers"
             self.errors += 1
             self._rq_state = _OPAQUE
             return e
+        if kind == "length" and e + length <= end:  # the whole body is here too
+            e += length
+            kind = "none"
+        r.size = e - pos
+        r.hash.update(buf if e - pos == end else memoryview(buf)[pos:e])
         if kind == "none":
-            self._request_done(r, now)
+            r.done = True
+            r.t_done = now
+            self._rq_t0 = None  # (its answer cannot have come yet: nothing to flush)
         else:
             r.body = Body(kind, length)
             self._rq = r
@@ -465,20 +481,15 @@ class Exchange:
             if not _HTTP1_PREFIX.startswith(start):
                 raise Bad("bad status line")
             return pos
-        first, fields = parse_head(buf[pos:e], self._wanted)
-        m = STATUS_LINE.match(first)
-        if not m:
-            raise Bad("bad status line")
-        status = int(m.group(2))
+        status, fields = status_head(buf, pos, e, self._wanted)
         if 100 <= status < 200 and status != 101:  # interim: the real answer follows
             self._an_t0 = None
             return e
-        r = self._current(now)
-        a = r.answer = _Answer(self._an_t0, self.json_limit)
-        self._an_t0 = None
+        r = self._waiting[0] if self._waiting else self._current(now)
+        r.answer = a = _Answer(self._an_t0, self.json_limit, status,
+                               {h: ", ".join(fields[h]) for h in self.headers if h in fields})
         a.t_last = now
-        a.status = status
-        a.headers = {h: ", ".join(fields[h]) for h in self.headers if h in fields}
+        self._an_t0 = None
         self._an = r
         if status == 101 or (r.method == "CONNECT" and 200 <= status < 300):
             self._answer_done(r)
@@ -491,11 +502,19 @@ class Exchange:
         if kind == "none":
             self._answer_done(r)
             return e
-        ctype = a.headers.get("content-type", fields.get("content-type", [""])[0]).lower()
+        ctype = ", ".join(fields["content-type"]).lower() if "content-type" in fields else ""
         a.json_ok = "json" in ctype
+        if kind == "length" and e + length <= end:  # the whole body is here: no streaming
+            a.size = length
+            a.hash.update(memoryview(buf)[e:e + length])
+            if (a.json_ok or not ctype) and length <= a.limit:
+                a.encoding = ", ".join(fields.get("content-encoding", ())).strip().lower()
+                a.parse_json(buf[e:e + length])
+            self._answer_done(r)
+            return e + length
         if a.json_ok or not ctype:
             a.jbuf = bytearray()
-            a.encoding = ", ".join(fields.get("content-encoding", [])).strip().lower()
+            a.encoding = ", ".join(fields.get("content-encoding", ())).strip().lower()
         a.body = Body(kind, length)
         self._an_state = _BODY
         return e
@@ -526,7 +545,8 @@ class Exchange:
         a = r.answer
         assert a is not None
         a.done = True
-        a.parse_json()
+        if a.jbuf is not None:
+            a.parse_json()
         if self._waiting and self._waiting[0] is r:
             self._waiting.popleft()
         self._an = None

@@ -7,7 +7,9 @@ them. JSON bodies become flat ``{path: scalar}`` maps (:func:`flatten`).
 
 from __future__ import annotations
 
+import json
 import re
+from itertools import islice
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 HEAD_LIMIT = 64 * 1024  # bytes of a request or answer head before it is garbage
@@ -30,11 +32,10 @@ class Bad(Exception):
 def head_end(buf: bytes, pos: int) -> int:
     """Index just past the blank line ending the head that starts at ``pos``, or -1."""
     i = buf.find(b"\r\n\r\n", pos)
-    j = buf.find(b"\n\n", pos)
-    if i < 0:
-        return -1 if j < 0 else j + 2
-    if j < 0 or i + 4 <= j + 2:
-        return i + 4
+    # a bare "\n\n" ending the head earlier (it cannot lie inside "\r\n\r\n")
+    j = buf.find(b"\n\n", pos, len(buf) if i < 0 else i + 3)
+    if j < 0:
+        return i if i < 0 else i + 4
     return j + 2
 
 
@@ -54,31 +55,78 @@ def looks_like_request(first: bytes) -> Optional[bool]:
 
 
 _HEADER_LINES = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r?\n)*\r?\n")
-FRAMING = ("content-length", "transfer-encoding")
+# always read: they frame the body or say whether it is JSON
+READ_ALWAYS = ("content-length", "transfer-encoding", "content-type", "content-encoding")
 
 
 def header_pattern(names: Tuple[str, ...]) -> "re.Pattern[bytes]":
-    """A pattern finding the lines of the header fields ``names`` (and those
-    that frame the body) in a head: the fast path of :func:`parse_head`."""
-    alt = b"|".join(re.escape(n.encode("latin-1")) for n in sorted(set(names) | set(FRAMING)))
+    """A pattern finding the lines of the header fields ``names`` (and of
+    ``READ_ALWAYS``) in a head: the fast path of :func:`parse_head`."""
+    alt = b"|".join(re.escape(n.encode("latin-1")) for n in sorted(set(names) | set(READ_ALWAYS)))
     return re.compile(rb"\n(" + alt + rb"):[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
-def parse_head(head: bytes, wanted: "Optional[re.Pattern[bytes]]" = None
-               ) -> Tuple[bytes, Dict[str, List[str]]]:
-    """Split a head into its first line and its header fields (lower-case
-    names): with ``wanted``, at least the fields it finds (only those, unless
-    the head has folded lines), all otherwise. Malformed header lines raise
-    :class:`Bad` either way."""
-    nl = head.find(b"\n")
-    if wanted is not None and _HEADER_LINES.fullmatch(head, nl + 1):
-        first = head[:nl - 1] if head[nl - 1:nl] == b"\r" else head[:nl]
-        found: Dict[str, List[str]] = {}
-        for m in wanted.finditer(head, nl):
-            name = m.group(1).decode("latin-1").lower()
-            found.setdefault(name, []).append(m.group(2).decode("latin-1").strip())
-        return first, found
-    return _parse_head_slow(head)
+# a whole head in the usual shape: CRLF or LF line ends, no folded lines
+_REQUEST_HEAD = re.compile(rb"(" + _TOKEN + rb") +([^ \r\n]+) +HTTP/1\.[0-9]\r?\n"
+                           + _HEADER_LINES.pattern)
+_STATUS_HEAD = re.compile(rb"HTTP/1\.[0-9] +([0-9]{3})(?:[ \t][^\r\n]*)?\r?\n"
+                          + _HEADER_LINES.pattern)
+
+
+def _found(pairs: List[Tuple[bytes, bytes]]) -> Dict[str, List[str]]:
+    fields: Dict[str, List[str]] = {}
+    for name, value in pairs:
+        key = name.decode("latin-1").lower()
+        if key in fields:
+            fields[key].append(value.decode("latin-1").strip())
+        else:
+            fields[key] = [value.decode("latin-1").strip()]
+    return fields
+
+
+def request_head(buf: bytes, pos: int, end: int, wanted: "re.Pattern[bytes]"
+                 ) -> Tuple[str, str, Dict[str, List[str]]]:
+    """Method, target and (at least the ``wanted``) header fields of the
+    request head ``buf[pos:end]``; :class:`Bad` if it is malformed."""
+    m = _REQUEST_HEAD.fullmatch(buf, pos, end)
+    if m:  # one regex checked it all
+        pairs = wanted.findall(buf, pos, end)
+        fields = _found(pairs) if pairs else {}
+    else:
+        first, fields = parse_head(buf, wanted, pos, end)
+        m = REQUEST_LINE.match(first)
+        if not m:
+            raise Bad("bad request line")
+    return m.group(1).decode("latin-1"), m.group(2).decode("latin-1"), fields
+
+
+def status_head(buf: bytes, pos: int, end: int, wanted: "re.Pattern[bytes]"
+                ) -> Tuple[int, Dict[str, List[str]]]:
+    """Status and (at least the ``wanted``) header fields of the answer head
+    ``buf[pos:end]``; :class:`Bad` if it is malformed."""
+    m = _STATUS_HEAD.fullmatch(buf, pos, end)
+    if m:
+        return int(m.group(1)), _found(wanted.findall(buf, pos, end))
+    first, fields = parse_head(buf, wanted, pos, end)
+    m = STATUS_LINE.match(first)
+    if not m:
+        raise Bad("bad status line")
+    return int(m.group(2)), fields
+
+
+def parse_head(head: bytes, wanted: "Optional[re.Pattern[bytes]]" = None, pos: int = 0,
+               end: int = -1) -> Tuple[bytes, Dict[str, List[str]]]:
+    """Split the head ``head[pos:end]`` (``end`` -1: to the end) into its first
+    line and its header fields (lower-case names): with ``wanted``, at least
+    the fields it finds (only those, unless the head has folded lines), all
+    otherwise. Malformed header lines raise :class:`Bad` either way."""
+    if end < 0:
+        end = len(head)
+    nl = head.find(b"\n", pos, end)
+    if wanted is not None and _HEADER_LINES.fullmatch(head, nl + 1, end):
+        first = head[pos:nl - 1] if nl > pos and head[nl - 1] == 13 else head[pos:nl]  # 13: CR
+        return first, _found(wanted.findall(head, nl, end))
+    return _parse_head_slow(head[pos:end])
 
 
 def _parse_head_slow(head: bytes) -> Tuple[bytes, Dict[str, List[str]]]:
@@ -105,6 +153,12 @@ def _parse_head_slow(head: bytes) -> Tuple[bytes, Dict[str, List[str]]]:
 
 def framing(fields: Dict[str, List[str]], request: bool) -> Tuple[str, int]:
     """("none"|"length"|"chunked"|"close", length) of a message's body."""
+    cl = fields.get("content-length")
+    if cl is not None and len(cl) == 1 and "transfer-encoding" not in fields:  # the usual case
+        value = cl[0]
+        if value.isdigit() and value.isascii() and len(value) <= 18:
+            length = int(value)
+            return ("length", length) if length else ("none", 0)
     te = fields.get("transfer-encoding")
     if te:
         codings = [c.strip().lower() for v in te for c in v.split(",") if c.strip()]
@@ -113,13 +167,12 @@ def framing(fields: Dict[str, List[str]], request: bool) -> Tuple[str, int]:
         if request:
             raise Bad("request body without length")
         return "close", 0
-    cl = fields.get("content-length")
     if cl:
         values = {c.strip() for v in cl for c in v.split(",")}
         if len(values) != 1:
             raise Bad("conflicting content-length")
         value = values.pop()
-        if not value.isdigit() or len(value) > 18:
+        if not (value.isdigit() and value.isascii()) or len(value) > 18:
             raise Bad("bad content-length")
         return ("length", int(value)) if int(value) else ("none", 0)
     return ("none", 0) if request else ("close", 0)
@@ -189,40 +242,62 @@ class Body:
         return pos
 
 
+_DECODER = json.JSONDecoder()
+
+
+def load_json(raw: bytes) -> Any:
+    """``json.loads(raw)``, with a shortcut for the usual body (an object or
+    array in UTF-8, nothing around it) that skips its encoding guess and
+    whitespace scans. Raises ValueError (or RecursionError) as it does."""
+    if raw[:1] in (b"{", b"[") and raw[1:2] != b"\x00":  # json.loads would take it as UTF-8
+        text = raw.decode("utf-8", "surrogatepass")
+        doc, end = _DECODER.raw_decode(text)
+        if end == len(text):
+            return doc
+    return json.loads(raw)
+
+
 class _Full(Exception):
     pass
+
+
+_INDEX = tuple("[%d]" % i for i in range(1024))  # list item suffixes, made once
 
 
 def flatten(doc: Any, limit: int = MAX_FIELDS) -> Tuple[Dict[str, Any], bool]:
     """Scalar values of a JSON document by field path (``a.b``, ``items[0].id``)
     in document order; the flag says whether fields beyond ``limit`` (or
     nesting too deep to walk) were left out."""
-    out: Dict[str, Any] = {}
-
-    def walk(v: Any, path: str) -> None:
-        if type(v) is dict:
-            for k, x in v.items():
-                p = path + "." + k if path else k
-                if type(x) is dict or type(x) is list:
-                    walk(x, p)
-                elif len(out) < limit:
-                    out[p] = x
-                else:
-                    raise _Full
-        else:
-            for i, x in enumerate(v):
-                p = "%s[%d]" % (path, i)
-                if type(x) is dict or type(x) is list:
-                    walk(x, p)
-                elif len(out) < limit:
-                    out[p] = x
-                else:
-                    raise _Full
-
     if type(doc) is not dict and type(doc) is not list:
         return {"": doc}, False
+    out: Dict[str, Any] = {}
+    cut = False
     try:
-        walk(doc, "")
+        _walk(doc, "", out, limit)
     except (_Full, RecursionError):
-        return out, True
-    return out, False
+        cut = True
+    if len(out) > limit:
+        return dict(islice(out.items(), limit)), True
+    return out, cut
+
+
+def _walk(v: Any, path: str, out: Dict[str, Any], limit: int) -> None:
+    """Adds the scalars of container ``v`` under ``path`` to ``out``. The
+    limit is checked per container, not per value: ``out`` may go past it by
+    one container's values, which :func:`flatten` then cuts off."""
+    if len(out) > limit:
+        raise _Full
+    if type(v) is dict:
+        prefix = path + "." if path else ""
+        for k, x in v.items():
+            if type(x) is dict or type(x) is list:
+                _walk(x, prefix + k, out, limit)
+            else:
+                out[prefix + k] = x
+    else:
+        names = _INDEX if len(v) <= len(_INDEX) else ["[%d]" % i for i in range(len(v))]
+        for name, x in zip(names, v):
+            if type(x) is dict or type(x) is list:
+                _walk(x, path + name, out, limit)
+            else:
+                out[path + name] = x

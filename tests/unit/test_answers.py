@@ -436,3 +436,31 @@ def test_random_valid_exchanges_any_split(ex, rcuts, acuts):
              "status": s.answer["status"], "size": s.answer["size"],
              "digest": s.answer["digest"], "fields": s.answer.get("fields")} for s in got] == want
     assert all("error" not in s.answer for s in got)
+
+
+def test_non_ascii_digits_in_content_length_are_a_parse_error():
+    x = Exchange(80)
+    x.request_data(b"GET / HTTP/1.1\r\n\r\n", 0.0)
+    x.answer_data(b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nab", 0.1)  # latin-1 "²"
+    x.close(0.2)
+    (s,) = x.take()
+    assert s.answer["error"] == "parse: bad content-length" and x.errors == 1
+
+
+def test_requests_beyond_the_pending_limit_stop_the_reading():
+    from pycopy_engine.core.answers import MAX_PENDING
+
+    one = b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+    x = Exchange(80)
+    x.request_data(one * (MAX_PENDING + 2), 0.0)  # whole bodies in the same segment
+    x.answer_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" * (MAX_PENDING + 2), 0.1)
+    x.close(0.2)
+    got = x.take()
+    # the one past the limit, then no more requests are read: the last answer is an orphan
+    assert len(got) == MAX_PENDING + 2
+    assert got[-1].answer["error"] == "parse: answer without request"
+    assert {s.req["size"] for s in got[:MAX_PENDING]} == {len(one)}
+    assert all("error" not in s.answer for s in got[:MAX_PENDING])
+    last = got[MAX_PENDING]
+    assert last.req["size"] == len(one) - 3  # its head only: its body was never read
+    assert last.answer["error"] == "parse: too many requests waiting for answers"
