@@ -23,6 +23,10 @@ PCM_DATA_NET="10.242.1"
 PCM_CONTROLLER_IP="$PCM_MGMT_NET.1"
 PCM_BR_MGMT="$PCM_PREFIX-mgmt"
 PCM_BR_DATA="$PCM_PREFIX-data"
+# PCM_LAB_ANTISPOOF=1 (up.sh): the data bridge drops frames whose IPv4 source is
+# not the sending host's own address, as a cloud VPC does; this nft table
+# (bridge family, in the controller's namespace) is the lab's own.
+PCM_ANTISPOOF_TABLE="${PCM_PREFIX}_antispoof"
 
 # host name -> last octet (same on both networks), short tag for link names.
 # PCM_LAB_HOSTS picks the hosts to boot (default: the four of the topology;

@@ -61,6 +61,11 @@ awk -v p="$PCM_PREFIX-" -v d="$PCM_STATE_DIR/" \
     umount "$mnt" 2>/dev/null || umount -l "$mnt" || true
   done
 
+# The anti-spoofing table of PCM_LAB_ANTISPOOF=1 (up.sh), if any.
+if command -v nft >/dev/null && nft list table bridge "$PCM_ANTISPOOF_TABLE" >/dev/null 2>&1; then
+  nft delete table bridge "$PCM_ANTISPOOF_TABLE" || true
+fi
+
 for ns in $(ip netns list | awk -v p="$PCM_PREFIX-" 'index($1, p) == 1 {print $1}'); do
   ip netns del "$ns" || true
 done

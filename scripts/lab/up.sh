@@ -39,6 +39,21 @@ for br in "$PCM_BR_MGMT" "$PCM_BR_DATA"; do
 done
 ip addr add "$PCM_CONTROLLER_IP/24" dev "$PCM_BR_MGMT"
 
+# PCM_LAB_ANTISPOOF=1: anti-spoofing on the data bridge, as in a cloud VPC
+# (source/destination checks): a frame from a host's data port whose IPv4
+# source is not that host's own address is dropped and counted (one rule per
+# host, comment = host name). Matches only the lab's ports; down.sh removes it.
+if [[ ${PCM_LAB_ANTISPOOF:-0} == 1 ]]; then
+  command -v nft >/dev/null || pcm_die "PCM_LAB_ANTISPOOF=1 needs nft (apt-get install nftables)"
+  spoof_rules=""
+  for h in "${PCM_HOSTS[@]}"; do
+    spoof_rules+="    iifname \"$PCM_PREFIX-${PCM_TAG[$h]}-d\" ip saddr != $PCM_DATA_NET.${PCM_OCTET[$h]} counter drop comment \"$h\"\n"
+  done
+  printf 'table bridge %s {\n  chain spoof {\n    type filter hook forward priority -200; policy accept;\n%b  }\n}\n' \
+    "$PCM_ANTISPOOF_TABLE" "$spoof_rules" | nft -f -
+  pcm_log "anti-spoofing on $PCM_BR_DATA (nft table bridge $PCM_ANTISPOOF_TABLE)"
+fi
+
 boot_host() {
   local host="$1" octet="${PCM_OCTET[$1]}" tag="${PCM_TAG[$1]}"
   local ns machine dir root

@@ -21,6 +21,7 @@ import pytest
 from .conftest import REPO, tool_env
 
 INVENTORY = REPO / "tests" / "ansible" / "preflight" / "hosts.yml"
+CLOUD = REPO / "tests" / "ansible" / "preflight" / "cloud.yml"
 PREFLIGHT = REPO / "playbooks" / "preflight.yml"
 
 # name -> (extra arguments, texts the failure must contain)
@@ -165,6 +166,35 @@ BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
         ["-e", "host_prep_firewall_mode=wide-open"],
         ["role host_prep rejects its variables", "host_prep_firewall_mode"],
     ),
+    "topology_unknown": (
+        ["-e", "pycopy_topology=vpc"],
+        ["pycopy_topology is 'vpc'", "Fix: classic"],
+    ),
+    "cloud_with_an_assistant_group": (
+        ["-e", "pycopy_topology=cloud"],
+        [
+            "pycopy_topology is cloud: the inventory needs hosts in the groups online and target,"
+            " and none in group assistant",
+            "assistant=['pf-assistant']",
+            "Fix: remove the assistant group",
+        ],
+    ),
+    "cloud_c_not_an_own_address": (
+        ["-i", str(CLOUD), "-e", "tcpcopy_client_range=10.77.1.11,10.77.5.7"],
+        [
+            "tcpcopy_client_range (-c) on pf-online is '10.77.1.11,10.77.5.7'",
+            "10.77.5.7/32 is not an address of pf-online",
+            "Fix: leave tcpcopy_client_range unset",
+        ],
+    ),
+    "cloud_c_range": (
+        ["-i", str(CLOUD), "-e", "tcpcopy_client_range=10.77.1.x"],
+        ["10.77.1.0/24 is not an address of pf-online"],
+    ),
+    "cloud_target_not_in_target_group": (
+        ["-i", str(CLOUD), "-e", "target=10.77.1.99:8080"],
+        ["The IP in target (10.77.1.99:8080) is not the pycopy_address of a host of group 'target'"],
+    ),
     "limit_leaves_out_the_target": (
         ["--limit", "online:assistant"],
         ["Hosts of the topology are not in this run: pf-target", "run without --limit"],
@@ -176,6 +206,10 @@ GOOD_INPUTS: dict[str, list[str]] = {
     # One variable moves every port: tcpcopy's default follows intercept_port.
     "intercept_port_moves_every_port": ["-e", "intercept_port=4000"],
     "c_range_inside_the_client_networks": ["-e", "tcpcopy_client_range=10.77.5.x"],
+    # Own-address mode: no assistant, no client networks, no probe address, no route vars.
+    "cloud_topology": ["-i", str(CLOUD)],
+    # -c with the host's own address (pycopy_address; the gathered ones count too).
+    "cloud_c_own_address": ["-i", str(CLOUD), "-e", "tcpcopy_client_range=10.77.1.11"],
     # No pycopy_address anywhere: every role falls back to ansible_host.
     "ansible_host_fallback": [
         "-i",

@@ -49,6 +49,10 @@ def main() -> None:
     args = parser.parse_args()
     Handler.log_file = open(args.log, "a", encoding="utf-8")  # noqa: SIM115
     ThreadingHTTPServer.daemon_threads = True
+    # A real service's accept queue (socketserver's default of 5 overflows when a
+    # burst of replayed SYNs arrives while the accept loop waits for the CPU: the
+    # kernel then drops SYNs, which the lab must not blame on pycopy).
+    ThreadingHTTPServer.request_queue_size = 128
     ThreadingHTTPServer(("0.0.0.0", args.port), Handler).serve_forever()
 
 

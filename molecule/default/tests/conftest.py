@@ -10,21 +10,9 @@ from __future__ import annotations
 
 import pytest
 import testinfra
-from lab_client import KEY, MGMT
+from lab_client import MGMT, lab_hosts
 
 
 @pytest.fixture(scope="session")
-def ssh_config(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("ssh") / "config"
-    path.write_text("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def lab(ssh_config: str) -> dict[str, testinfra.host.Host]:
-    return {
-        name: testinfra.get_host(
-            f"paramiko://root@{addr}", ssh_identity_file=KEY, ssh_config=ssh_config, timeout=10
-        )
-        for name, addr in MGMT.items()
-    }
+def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, testinfra.host.Host]:
+    return lab_hosts(MGMT, tmp_path_factory.mktemp("ssh"))

@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
+import testinfra
 from testinfra.host import Host
 
 KEY = "/var/lib/pycopy-lab/pcm/ssh/id_ed25519"
@@ -27,6 +28,22 @@ ONLINE_PORT = 80
 TARGET_PORT = 8080
 INTERCEPT_PORT = 36524
 TARGET_LOG = "/var/log/pycopy-lab/http.log"
+
+
+def lab_hosts(addresses: dict[str, str], workdir: Path) -> dict[str, Host]:
+    """testinfra hosts by name: root over SSH (paramiko) with the lab's key.
+
+    The verify fixtures of every scenario build their ``lab`` from this (the
+    scenarios' tests put this folder on PYTHONPATH: their molecule.yml).
+    """
+    config = workdir / "ssh_config"
+    config.write_text("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
+    return {
+        name: testinfra.get_host(
+            f"paramiko://root@{addr}", ssh_identity_file=KEY, ssh_config=str(config), timeout=10
+        )
+        for name, addr in addresses.items()
+    }
 
 
 def phase() -> str:
