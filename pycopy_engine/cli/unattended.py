@@ -79,7 +79,10 @@ class Unattended:
         self.app = app
         self.log = app.log
         eng.health = Health(eng, args.health_window, clock=app.loop.time)
-        eng.brake = EngineBrake(eng, args.brake_cfg, enabled=not args.no_brake)
+        # own-address mode: the target answers this host's own address, never a real
+        # client, so nothing can leak and there is nothing to brake
+        own = bool(getattr(args, "no_assistant", False))
+        eng.brake = EngineBrake(eng, args.brake_cfg, enabled=not (args.no_brake or own))
         self.delay: Optional[DelayLine] = None
         if args.delay is not None:
             self.delay = DelayLine(args.delay, eng.rng)
@@ -88,7 +91,10 @@ class Unattended:
             self.log.log(25, "delay towards the target: %s", "each client's RTT" if spec.rtt
                          else "%gms%s" % (spec.base * 1e3, (" +-%gms" % (spec.jitter * 1e3))
                                           if spec.jitter else ""))
-        if args.no_brake:
+        if own:
+            self.log.info("safety brake not needed (--no-assistant): the target answers this "
+                          "host's own address, never a real client")
+        elif args.no_brake:
             self.log.warning("safety brake off (--no-brake)")
 
     def log_events(self) -> None:

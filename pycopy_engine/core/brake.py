@@ -4,8 +4,8 @@ whose answers no longer reach intercept.
 When the target's route via the assistant disappears, the target answers the
 replayed SYNs straight to the real clients, and intercept reports nothing.
 ``Brake`` watches every new session's first handshake, per target: a SYN
-whose SYN-ACK (or RST) intercept has not reported within ``synack_wait`` is a
-failed handshake.  When, within the last ``window`` seconds, at least
+whose SYN-ACK (or RST) intercept has not reported within ``synack_wait`` (1.5 s:
+past the session's SYN retransmission at 1 s) is a failed handshake.  When, within the last ``window`` seconds, at least
 ``min_failures`` handshakes failed and they are at least ``ratio`` of the
 handshakes decided in that window from the first failure on (the successes
 before a burst of failures do not dilute it), the target is *braked*: no new session is
@@ -47,9 +47,13 @@ class BrakeConfig:
     window: float = 3.0          # --brake-window: seconds of handshakes looked at
     min_failures: int = 5        # --brake-failures: at least this many failed in the window
     ratio: float = 0.8           # --brake-ratio: and at least this share of the decided ones
-    synack_wait: float = 0.5     # --brake-synack-wait: a SYN-ACK later than this is a failure
+    # --brake-synack-wait: a SYN-ACK later than this is a failure.  It covers the
+    # session's SYN retransmission at 1 s: a target whose accept queue overflows drops
+    # SYNs silently, and its answer to the retransmission shows the way back is fine
+    synack_wait: float = 1.5
+    probe_wait: float = 0.5      # a probe (never retransmitted) unanswered this long failed
     probe_interval: float = 1.0  # first probe after this long, then doubling ...
-    probe_max: float = 4.0       # ... up to this (resumption within probe_max + synack_wait)
+    probe_max: float = 4.0       # ... up to this (resumption within probe_max + probe_wait)
 
     def check(self) -> None:
         if not 0 < self.window <= 3600:
@@ -184,7 +188,7 @@ class Brake:
         for t, st in self.targets.items():
             if not st.engaged:
                 continue
-            if st.probe_key is not None and now >= st.probe_sent + self.cfg.synack_wait:
+            if st.probe_key is not None and now >= st.probe_sent + self.cfg.probe_wait:
                 st.probe_key = None  # unanswered: back off
                 st.probe_gap = min(st.probe_gap * 2, self.cfg.probe_max)
                 st.probe_at = st.probe_sent + st.probe_gap
@@ -233,7 +237,7 @@ class Brake:
                 continue
             w: Optional[float] = st.probe_at
             if st.probe_key is not None:
-                w = st.probe_sent + self.cfg.synack_wait
+                w = st.probe_sent + self.cfg.probe_wait
             if w is not None and (d is None or w < d):
                 d = w
         return d

@@ -117,9 +117,9 @@ def test_route_lost_brakes_within_window_then_resumes_by_itself():
     assert c["brake_trips:target=10.1.0.12:8080"] == 1
     in_window = state["opened"] - opened_at_break
     leaked_sessions = [r for t, r in route.leaked if not PROBE_PORT_BASE <= r.dport < PROBE_PORT_BASE + 1000]
-    # one answer (the SYN-ACK) per session opened before the brake engaged, no more:
-    # their SYNs are not retransmitted
-    assert len(leaked_sessions) <= in_window, (len(leaked_sessions), in_window)
+    # at most two answers per session opened before the brake engaged: the SYN-ACK to
+    # its SYN and to the one retransmission the judgement waits for; none after that
+    assert len(leaked_sessions) <= 2 * in_window, (len(leaked_sessions), in_window)
     assert c["sessions_failed:brake"] > 0
     probes = c["brake_probes:target=10.1.0.12:8080"]
     assert probes >= 2  # probes went on, backing off
@@ -133,7 +133,7 @@ def test_route_lost_brakes_within_window_then_resumes_by_itself():
             released["t"] = wire.now
             released["opened"] = c["sessions_opened"]
     port, _ = run(wire, eng, port, t_fix + 8.0, at_each=watch2)
-    assert "t" in released and released["t"] - t_fix <= 4.0 + 0.5 + 0.03
+    assert "t" in released and released["t"] - t_fix <= 4.0 + 0.5 + 0.03  # probe_max + probe_wait
     assert c["sessions_opened"] > released["opened"] + 100  # new sessions replicate again
     assert c["brake_released:target=10.1.0.12:8080"] == 1
     # and the target's answers to the probe were closed with a RST
@@ -190,7 +190,7 @@ def test_no_brake_counts_failures_but_never_refuses():
     eng, wire, route = make(enabled=False)
     run(wire, eng, 20000, 0.5)
     route.broken = True
-    run(wire, eng, 20100, 4.0)
+    run(wire, eng, 20100, 5.0)
     c = eng.stats.c
     assert c["drop:brake"] == 0 and not eng.brake.brake.engaged(T)
     assert c["handshakes_failed:target=10.1.0.12:8080"] > 100
@@ -198,7 +198,7 @@ def test_no_brake_counts_failures_but_never_refuses():
 
 
 def test_probe_backoff_and_rst_answer_releases():
-    b = Brake(BrakeConfig(min_failures=2, ratio=1.0))
+    b = Brake(BrakeConfig(min_failures=2, ratio=1.0, synack_wait=0.5))
     k = [(CLIENT, 1000 + i, TARGET, 8080) for i in range(3)]
     b.syn_sent(k[0], 0.0)
     b.syn_sent(k[1], 0.1)
@@ -220,7 +220,7 @@ def test_probe_backoff_and_rst_answer_releases():
 
 
 def test_a_link_back_probes_at_once_instead_of_after_the_backed_off_gap():
-    b = Brake(BrakeConfig(min_failures=2, ratio=1.0))
+    b = Brake(BrakeConfig(min_failures=2, ratio=1.0, synack_wait=0.5))
     k = [(CLIENT, 1000 + i, TARGET, 8080) for i in range(3)]
     b.syn_sent(k[0], 0.0)
     b.syn_sent(k[1], 0.1)
@@ -234,6 +234,21 @@ def test_a_link_back_probes_at_once_instead_of_after_the_backed_off_gap():
     b.probe_sent(T, k[2], 2, 2.5)
     b.probe_now(2.6)  # a probe in flight is not replaced
     assert b.probes_due(2.6) == [] and b.next_deadline() == pytest.approx(3.0)
+
+
+def test_a_syn_dropped_once_by_a_full_accept_queue_is_not_a_failure():
+    """A burst of SYNs into a target whose accept queue is full: the kernel drops them
+    silently and answers their retransmission 1 s later.  The way back is fine; the
+    brake must not engage (it used to, at 0.5 s, and ended every waiting copy)."""
+    b = Brake(BrakeConfig())
+    keys = [(CLIENT, 30000 + i, TARGET, 8080) for i in range(10)]
+    for i, k in enumerate(keys):
+        b.syn_sent(k, i * 0.01)
+    assert b.expire(0.9) == []
+    for i, k in enumerate(keys):  # the retransmissions at 1 s are answered
+        b.answered(k, 1.0 + i * 0.01 + 0.002)
+    assert b.expire(5.0) == [] and not b.engaged(T)
+    assert b.state(T).failed == 0
 
 
 def test_bad_brake_settings_are_refused_by_name():

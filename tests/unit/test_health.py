@@ -69,7 +69,7 @@ def test_lost_answers_lower_the_figure_and_it_recovers_after_the_window():
     wire.drop_records = lambda rec: True  # nothing reaches intercept
     for p in keepalive(30000, 3):
         wire.capture(p, 0.001)
-    wire.advance(1.0)
+    wire.advance(2.0)  # past the SYN-ACK wait (1.5 s: the SYN's retransmission included)
     cap, done, failed, ratio = eng.health.figures(T, wire.now)
     assert (cap, done, failed, ratio) == (3, 0, 1, 0.0)
     wire.drop_records = None

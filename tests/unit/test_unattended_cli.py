@@ -25,7 +25,7 @@ def test_values():
                                 "--brake-probe-max", "6", "--delay", "50ms:10ms",
                                 "--health-window", "300"])
     assert a.no_brake and a.health_window == 300
-    assert a.brake_cfg == BrakeConfig(2.0, 9, 0.5, 0.25, 1.0, 6.0)
+    assert a.brake_cfg == BrakeConfig(2.0, 9, 0.5, 0.25, probe_max=6.0)
     assert a.delay == DelaySpec(0.05, 0.01)
     assert tcli.parse_args(BASE + ["--delay", "rtt"]).delay == DelaySpec(rtt=True)
 
