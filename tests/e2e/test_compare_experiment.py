@@ -78,7 +78,7 @@ def test_report_names_exactly_the_planted_regressions(lab, workdir, http_servers
               ["-x", f"80-{lab.ip['target']}:80,80-{cip}:8080", "--tee",
                "-s", lab.ip["assistant"], "--compare", str(out)], workdir, "tc-exp")
     try:
-        ka = run_client(lab, requests=KEEPALIVE, connections=4, mode="keepalive", kind="api",
+        ka = run_client(lab, requests=KEEPALIVE, connections=3, mode="keepalive", kind="api",
                         tag="1")
         sc = run_client(lab, requests=SHORT, connections=4, mode="close", kind="api", tag="2")
         assert ka["ok"] == KEEPALIVE and sc["ok"] == SHORT, (ka["errors"], sc["errors"])
