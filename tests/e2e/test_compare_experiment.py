@@ -12,11 +12,16 @@ that differ on every request (a timestamp, a random id, a shuffled list).
 records the three answers of each request; ``pycopy-compare DIR --baseline
 <baseline>`` must name exactly the three regressions, on the candidate, and
 nothing else; both targets must have received every request.
+
+``PYCOPY_EXPERIMENT_REPORT=DIR`` keeps the run's report.html and summary.json
+in DIR (the README's screenshot is of such a run).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -129,3 +134,8 @@ def test_report_names_exactly_the_planted_regressions(lab, workdir, http_servers
     assert "report.html" in res.stdout and cand in res.stdout
     html = (out / "report.html").read_text()
     assert "<svg" in html and "user.tier" in html
+    keep = os.environ.get("PYCOPY_EXPERIMENT_REPORT")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        for name in ("report.html", "summary.json"):
+            shutil.copyfile(out / name, os.path.join(keep, name))
