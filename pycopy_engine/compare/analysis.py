@@ -19,8 +19,10 @@ Latency (time to the answer's last byte): a target regresses on an endpoint
 when its p50 or p99 rose against online's by more than the baseline's own
 change (in either direction) and, beyond the baseline's rise, by more than
 ``max(20 % of online's, 5 ms)``. p99 is judged only with at least
-``min_samples_p99`` answers on each side: with fewer it is about the slowest
-answer, and one scheduling hiccup would make a regression.
+``min_samples_p99`` answers on each side (default 1,000: at least 10 answers
+beyond it): with fewer it is about the slowest one or two answers, and one
+burst of delay (a run's start, a busy moment of tcpcopy, whose loop delay
+target timings include) would make a regression.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Rules:
     latency_rel: float = 20.0  # percent of online's percentile
     latency_ms: float = 5.0
     min_samples: int = 5
-    min_samples_p99: int = 100  # below this a p99 is about the maximum: one hiccup
+    min_samples_p99: int = 1000  # below this a p99 is the slowest few answers: one hiccup
 
 
 def percentile(sorted_values: List[float], p: float) -> float:

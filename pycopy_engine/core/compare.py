@@ -23,10 +23,15 @@ Target timings.  A target's answer is timed when tcpcopy receives it from
 intercept, the request when tcpcopy sent it, so the raw interval also holds
 the path online -> target -> assistant -> online.  The copy's handshake
 measures exactly that path (SYN sent by tcpcopy -> SYN-ACK record received,
-the target's kernel answering at once); the smallest of the target's last
-PATH_SAMPLES handshake paths is subtracted from every answer time.  What
-remains: the path's variation above that minimum (queueing) and intercept's
-batching (under a millisecond on a LAN).  An answer segment is timed by its
+the target's kernel answering at once); the smallest handshake path of the
+target in the last PATH_WINDOW seconds (up to its latest handshake) is
+subtracted from every answer time, at the time of the answer: a measured path
+is never shorter than the real one (tcpcopy's loop delay only adds to it), so
+the smallest is the best estimate, and a keep-alive connection whose own
+handshake was slow (a run's start, a burst of new connections) is corrected
+by the later, better measurements of other connections.  What remains: the
+path's variation above that minimum (queueing), intercept's batching and
+tcpcopy's loop delay.  An answer segment is timed by its
 header record when that came first (intercept's payload capture is another,
 slower socket).
 """
@@ -42,7 +47,8 @@ from .compare_stream import Pair
 from .stats import Stats
 
 DEFAULT_TIMEOUT = 5.0
-PATH_SAMPLES = 32
+PATH_WINDOW = 60.0  # s: handshake paths older than this (before the latest) are forgotten
+PATH_MAX = 256  # samples kept per target (an ascending run of them; oldest dropped)
 SYNACK = SYN | ACK
 FIN = 0x01
 Key = Tuple[bytes, int, bytes, int]
@@ -55,7 +61,7 @@ def _text(ip: bytes, port: int) -> str:
 class Conn:
     """One observed connection: its reassembly and its summariser."""
 
-    __slots__ = ("pair", "ex", "label", "taken", "syn_at", "path", "seen")
+    __slots__ = ("pair", "ex", "label", "taken", "syn_at", "seen")
 
     def __init__(self, pair: Pair, ex: Any, label: str) -> None:
         self.pair = pair
@@ -63,7 +69,6 @@ class Conn:
         self.label = label
         self.taken = 0  # summaries taken so far = the next request number
         self.syn_at: Optional[float] = None
-        self.path: Optional[float] = None  # measured online -> target -> assistant -> online
         self.seen: Dict[int, float] = {}  # answer segment seq -> its header record's arrival
 
 
@@ -108,10 +113,11 @@ class Comparer:
         self.stall = stall
         self.flows: Dict[tuple, Flow] = {}
         self.copies: Dict[Key, Tuple[Flow, Conn]] = {}
-        # target label -> its last PATH_SAMPLES handshake path times; the
-        # smallest is used (a handshake that queued somewhere says nothing
-        # about the path a request takes)
-        self.paths: Dict[str, Deque[float]] = {}
+        # target label -> (time, handshake path) of its last PATH_WINDOW
+        # seconds, ascending in path (a sliding-window minimum: the first is
+        # the smallest; a handshake that queued somewhere says nothing about
+        # the path a request takes)
+        self.paths: Dict[str, Deque[Tuple[float, float]]] = {}
         self.records: List[dict] = []
         # packets of flows not known yet: key -> [(time, packet)], oldest key first
         self.orphans: Dict[tuple, List[Tuple[float, bytes]]] = {}
@@ -244,7 +250,18 @@ class Comparer:
                           seg.payload, now)
 
     def _answer_time(self, conn: Conn, now: float) -> float:
-        return now - conn.path if conn.path is not None else now
+        samples = self.paths.get(conn.label)
+        return now - samples[0][1] if samples else now
+
+    def _add_path(self, label: str, path: float, now: float) -> None:
+        samples = self.paths.get(label)
+        if samples is None:
+            samples = self.paths[label] = deque()
+        while samples and samples[-1][1] >= path:
+            samples.pop()  # never the minimum again: this one is smaller and newer
+        samples.append((now, path))
+        while samples[0][0] < now - PATH_WINDOW or len(samples) > PATH_MAX:
+            samples.popleft()
 
     def on_record(self, rec, now: float) -> None:
         """A 1.0 response record: the handshake's path time, FIN and RST."""
@@ -266,16 +283,10 @@ class Comparer:
                     seen.clear()
                 seen.setdefault(int.from_bytes(rec[24:28], "big"), now)
             return
-        if conn.path is None and conn.label in self.paths:
-            conn.path = min(self.paths[conn.label])
         if flags & SYNACK == SYNACK:
             if conn.syn_at is not None and fc[0].copies.get(key) is conn:
-                samples = self.paths.get(conn.label)
-                if samples is None:
-                    samples = self.paths[conn.label] = deque(maxlen=PATH_SAMPLES)
-                samples.append(max(0.0, now - conn.syn_at))
+                self._add_path(conn.label, max(0.0, now - conn.syn_at), now)
                 conn.syn_at = None
-                conn.path = min(samples)
         if flags & (FIN | RST):
             seq = int.from_bytes(rec[24:28], "big")
             ack = int.from_bytes(rec[28:32], "big")

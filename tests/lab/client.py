@@ -7,7 +7,9 @@
 thread each); ``--mode close`` opens one connection per request (with
 ``Connection: close``; the server closes first), K at a time.  ``--kind``:
 ``get`` (small page), ``upload`` (POST of ``--upload-size`` bytes), ``download``
-(``GET /bytes/<--download-size>``) or ``mixed`` (the three in turn).
+(``GET /bytes/<--download-size>``), ``mixed`` (the three in turn) or ``api``
+(``GET /api/users|orders|search|items/<tag>/<i>`` in turn, JSON answers; a
+numeric tag makes one id of both: ``/api/users/<tag><i:06d>``).
 
 Every response is verified (status 200, ``X-Server`` equal to
 ``--expect-server``, body as the server must answer).  The JSON result holds
@@ -37,6 +39,9 @@ def upload_body(i: int, size: int) -> bytes:
     return random.Random(i).randbytes(size)
 
 
+API_KINDS = ("users", "orders", "search", "items")
+
+
 class Plan:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -56,6 +61,11 @@ class Plan:
             return "GET", f"/delay/60/{tag}/{i}", b""
         if kind == "notfound":
             return "GET", f"/status/404/{tag}/{i}", b""
+        if kind == "api":  # the /api/ JSON endpoints in turn
+            api = API_KINDS[i % len(API_KINDS)]
+            if tag.isdigit():  # one numeric id per request: endpoint GET /api/KIND/{id}
+                return "GET", f"/api/{api}/{tag}{i:06d}", b""
+            return "GET", f"/api/{api}/{tag}/{i}", b""
         return "GET", f"/r/{tag}/{i}", b""
 
 
@@ -93,6 +103,12 @@ def verify(
         return None if data.startswith(p.encode()) else "bad /delay/ body"
     if p.startswith("/dyn/"):
         return None if data and data == b"d" * len(data) else "bad /dyn/ body"
+    if p.startswith("/api/"):
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return "bad JSON answer"
+        return None if doc.get("kind") == p.split("/")[2] else "bad /api/ answer"
     if f"server {expect}".encode() not in data and expect is not None:
         return "page not marked with the server name"
     return None
@@ -192,7 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--mode", choices=["keepalive", "close"], default="keepalive")
-    ap.add_argument("--kind", choices=["get", "upload", "download", "mixed", "dyn", "slow", "notfound"], default="get")
+    ap.add_argument("--kind", default="get", choices=[
+        "get", "upload", "download", "mixed", "dyn", "slow", "notfound", "api"])
     ap.add_argument("--upload-size", type=int, default=100 * 1024)
     ap.add_argument("--download-size", type=int, default=1 << 20)
     ap.add_argument("--expect-server", default=None)

@@ -9,6 +9,10 @@
 * ``POST``/``PUT`` answer ``{"server", "len", "sha256"}`` of the body;
 * ``GET /dyn/...`` a page of a random length (dynamic content: online and
   target answer it with different sizes);
+* ``GET /api/KIND/...`` (KIND ``users``, ``orders``, ``search``, ``items``) a
+  JSON answer whose ``noise`` fields differ on every request (a timestamp, a
+  random id, a shuffled list); ``--candidate`` plants three known changes in
+  them (:data:`CANDIDATE_CHANGES`), the comparison experiment's regressions;
 * any other ``GET``/``HEAD`` (``/`` too) a small page marked with the name.
 
 ``--conn-log FILE`` adds one JSON line per connection when it ends: its
@@ -52,6 +56,15 @@ def pattern(n: int) -> bytes:
     return _PAT * reps + _PAT[:rest]
 
 
+# what --candidate changes in the /api/ answers, and nothing else
+CANDIDATE_CHANGES = {
+    "users": ("field", "user.tier"),  # "free" becomes "paid"
+    "orders": ("status", None),  # 500 instead of 200
+    "search": ("latency", None),  # answered 50 ms later
+}
+API_TAGS = ("red", "green", "blue", "black", "white")
+
+
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
 
 
@@ -73,8 +86,10 @@ class _Conn:
 
 class Server:
     def __init__(self, port: int, name: str, log_path: str | None, bind: str = "0.0.0.0",
-                 conn_log: str | None = None, idle_timeout: float = 0.0) -> None:
+                 conn_log: str | None = None, idle_timeout: float = 0.0,
+                 candidate: bool = False) -> None:
         self.name = name
+        self.candidate = candidate
         self.conn_log = open(conn_log, "a", buffering=1 << 16) if conn_log else None
         self.idle_timeout = idle_timeout
         self.conns: set[_Conn] = set()
@@ -230,6 +245,9 @@ class Server:
             elif path.startswith("/status/") and 200 <= num <= 599:
                 status = num
             payload = f"{path} from {self.name}\n".encode()
+        elif path.startswith("/api/"):
+            status, payload = self._api(conn, path)
+            ctype = "application/json"
         elif path.startswith("/dyn/"):
             payload = b"d" * self.rng.randrange(100, 4000)
         else:
@@ -254,6 +272,37 @@ class Server:
         else:
             conn.out.append(memoryview(head))
             conn.out.append(memoryview(payload))
+
+    def _api(self, conn: _Conn, path: str) -> tuple[int, bytes]:
+        """A JSON answer of /api/KIND/...: stable fields, noise fields, and with
+        --candidate the planted change of KIND."""
+        segs = path.split("/")
+        kind = segs[2]
+        last = segs[-1] if segs[-1] else segs[-2]
+        ident = int(last) if last.isdigit() else 0
+        tags = list(API_TAGS)
+        self.rng.shuffle(tags)
+        doc: dict[str, Any] = {
+            "kind": kind, "id": ident,
+            "ts": "%.6f" % time.time(), "request_id": "%016x" % self.rng.getrandbits(64),
+            "tags": tags,
+        }
+        status = 200
+        if kind == "users":
+            doc["user"] = {"name": f"user{ident}", "tier": "free"}
+            if self.candidate:
+                doc["user"]["tier"] = "paid"
+        elif kind == "orders":
+            doc["total"] = ident * 3 % 1000
+            if self.candidate:
+                status = 500
+        elif kind == "search":
+            doc["hits"] = [ident, ident + 1]
+            if self.candidate:
+                conn.hold_until = max(conn.hold_until, time.monotonic() + 0.05)
+        else:
+            doc["stock"] = ident % 17
+        return status, json.dumps(doc, separators=(",", ":")).encode()
 
     def _flush(self, conn: _Conn) -> None:
         if conn.closed:
@@ -341,8 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conn-log", help="JSON-lines log of each connection's ending")
     ap.add_argument("--idle-timeout", type=float, default=0.0,
                     help="close connections idle this many seconds (0: never)")
+    ap.add_argument("--candidate", action="store_true",
+                    help="plant the comparison experiment's changes in the /api/ answers")
     args = ap.parse_args(argv)
-    server = Server(args.port, args.name, args.log, args.bind, args.conn_log, args.idle_timeout)
+    server = Server(args.port, args.name, args.log, args.bind, args.conn_log, args.idle_timeout,
+                    args.candidate)
 
     def on_signal(signum: int, frame: Any) -> None:
         server.stopping = True

@@ -141,7 +141,7 @@ def test_latency_rule():
     assert _latency_run(60.0, 60.0, 10.0) == []  # faster is not a regression
     (g,) = _latency_run(10.0, 10.0, 60.0, baseline=False)
     assert g["percentiles"] == ["p50"]  # 60 answers: p99 is not judged
-    (g,) = _latency_run(10.0, 10.0, 60.0, n=120, baseline=False)
+    (g,) = _latency_run(10.0, 10.0, 60.0, n=1000, baseline=False)
     assert g["percentiles"] == ["p50", "p99"] and g["change_ms"]["p50"] == pytest.approx(50, 1)
 
 
@@ -157,8 +157,25 @@ def _tail_run(n, slow):
 
 def test_latency_p99_needs_enough_answers():
     assert _tail_run(60, 1) == []  # one hiccup in 60: not a regression
-    (g,) = _tail_run(300, 6)  # a 2 % slow tail in 300 answers
+    (g,) = _tail_run(1000, 20)  # a 2 % slow tail in 1,000 answers
     assert g["percentiles"] == ["p99"]
+
+
+def test_latency_p99_of_a_burst_shared_by_both_targets_is_not_a_regression():
+    """The lab experiment's figures: 120 answers per endpoint, the first few of a
+    run 27-39 ms late on both targets (tcpcopy busy at the start; target timings
+    include its loop delay), by chance a little more on the candidate: a p99 of
+    120 answers is the two slowest, and must not make a regression."""
+    an = Analysis(BASELINE)
+    for i in range(120):
+        on = 0.15 + (i % 5) * 0.02
+        base = {3: 38.8, 7: 27.6, 11: 27.7}.get(i, 1.0 + (i % 5) * 0.05)
+        cand = {3: 39.1, 7: 34.7, 11: 27.5}.get(i, 0.5 + (i % 5) * 0.05)
+        an.add(_rec("/i/%d" % i, _a(last=on), {BASELINE: _a(last=base), CANDIDATE: _a(last=cand)},
+                    i))
+    s = an.summary()
+    assert s["latency"]["GET /i/{id}"][CANDIDATE]["change_p99"] > 30.0  # the burst is there
+    assert [g for g in s["regressions"] if g["kind"] == "latency"] == []
 
 
 def test_planted_regressions_found_through_noise(tmp_path, capsys):

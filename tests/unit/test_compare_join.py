@@ -218,3 +218,45 @@ def test_a_copy_behind_online_but_busy_is_waited_for():
     assert [r["answers"]["10.1.0.12:8080"]["status"] for r in recs] == [201] * 3
     assert all(abs(r["answers"]["10.1.0.12:8080"]["first"] - 999.0) < 0.01 for r in recs)
     assert w.stats.c["compare_timeouts"] == 0 and w.stats.c["compare_records"] == 3
+
+
+def test_path_correction_is_the_targets_smallest_recent_handshake_at_answer_time():
+    """A keep-alive copy whose handshake was slow (30 ms: tcpcopy busy at a run's
+    start) is corrected by a later connection's 1 ms handshake to the same
+    target, not by its own 30 ms; a burst of slow handshakes after that does not
+    undo it; handshakes older than PATH_WINDOW are forgotten."""
+    from pycopy_engine.core.compare import PATH_WINDOW
+
+    w = World()
+    other = (CLI, COPY_PORT + 1, TGT, 8080)
+    flows = {w.key: (w.flow, 0), other: ((CLI, CPORT + 1, ONL, 80, 0), 0)}
+    w.cmp = Comparer(w.stats, flows.get, lambda f: True, timeout=5.0, wall_offset=1000.0)
+    c0, s0, t0 = 5000, 9000, 70000
+    w.client(c0, 0, SYN, b"", 0.0)
+    w.server(s0, c0 + 1, SYN | ACK, b"", 0.0)
+    w.sent(c0, 0, SYN, b"", 0.0)
+    w.target(t0, c0 + 1, SYN | ACK, b"", 0.030)  # this copy's own handshake: 30 ms
+
+    def handshake(port_off: int, at: float, path: float) -> None:
+        w.cmp.on_sent(pkt(CLI, TGT, COPY_PORT + port_off, 8080, 100, 0, SYN), at)
+        w.cmp.on_record(make_record(pkt(TGT, CLI, 8080, COPY_PORT + port_off, 500, 101,
+                                        SYN | ACK)), at + path)
+
+    handshake(1, 0.5, 0.001)  # another connection to the same target: 1 ms
+    c, s, t = c0 + 1, s0 + 1, t0 + 1
+    firsts = []
+    for i, (at, slow) in enumerate(((1.0, 0), (2.0, 40), (3.0 + PATH_WINDOW, 1))):
+        for k in range(slow):  # a burst of new connections, each handshake 20 ms
+            handshake(1, at - 0.5 + 0.001 * k, 0.020)
+        req, ans = REQ[i], answer(200, b"{}")
+        w.client(c, s, ACK | PSH, req, at)
+        w.server(s, c + len(req), ACK | PSH, ans, at + 0.001)
+        w.sent(c, t, ACK | PSH, req, at + 0.001)
+        # the target takes 5 ms; path 1 ms
+        w.target(t, c + len(req), ACK | PSH, ans, at + 0.001 + 0.005 + 0.001)
+        c, s, t = c + len(req), s + len(ans), t + len(ans)
+        w.cmp.on_timer(at + 0.1)
+        firsts += [r["answers"]["10.1.0.12:8080"]["first"] for r in w.cmp.take_records()]
+    # 1: the 1 ms handshake counts; 2: so it does after forty 20 ms ones;
+    # 3: a minute later only the last 20 ms handshake is left (6 ms - 20 ms: never negative)
+    assert [round(f, 3) for f in firsts] == [5.0, 5.0, 0.0], firsts
