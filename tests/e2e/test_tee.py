@@ -134,6 +134,7 @@ def test_a_dead_target_leaves_the_other_at_100_percent(lab, tee, second):
         lag = sorted(r["time"] - when[r["path"]] for r in t1)
         t1n, t2n = f"{lab.ip['target']}:80", f"{ip2}:8080"
         tc.wait_stat(f"requests_completed:target={t1n}", 600)
+        tc.wait_stat(f"brake_trips:target={t2n}", 1)  # judged 1.5 s after a SYN
         st = stats_after(tc, time.time())
         assert st[f"brake_trips:target={t2n}"] >= 1 and st.get(f"brake_trips:target={t1n}", 0) == 0
         assert st[f"requests_completed:target={t1n}"] == st[f"requests_captured:target={t1n}"] == 600
