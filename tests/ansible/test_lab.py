@@ -113,17 +113,23 @@ def test_fake_client_range_gets_a_network_route_and_replicates(nspawn_lab):
     assert sources and all(ip.startswith("10.242.5.") for ip in sources), sources
 
 
-def test_molecule_default_scenario():
+def molecule_test(scenario: str, timeout: float) -> tuple[str, list[tuple[str, str]]]:
+    """``molecule test -s scenario`` (skips without the lab): its output, kept in
+    .cache/molecule-<scenario>.log, and the (passed, skipped) of each verify step."""
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
-    result = run(["molecule", "test", "-s", "default"], timeout=900)
-    log = REPO / ".cache" / "molecule-test.log"
+    result = run(["molecule", "test", "-s", scenario], timeout=timeout)
+    log = REPO / ".cache" / f"molecule-{scenario}.log"
     log.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"see {log}\n{tail(result)}"
     out = result.stdout + result.stderr
+    return out, re.findall(r"=+ (\d+) passed(?:, (\d+) skipped)? in ", out)
+
+
+def test_molecule_default_scenario():
+    out, summaries = molecule_test("default", 900)
     # Both verify steps ran and passed tests: after converge, and after stop.yml.
-    summaries = re.findall(r"=+ (\d+) passed(?:, (\d+) skipped)? in ", out)
     assert len(summaries) == 2, summaries
     assert all(int(passed) > 0 for passed, _ in summaries), summaries
     assert " failed" not in "".join(re.findall(r"=+ .* in [0-9.]+s", out))
@@ -141,15 +147,7 @@ def test_demo_reports_every_request_at_the_target():
 def test_molecule_safety_scenario():
     # Two online hosts (own -f each) feeding one assistant; then every container
     # restarted with the target's routes flushed first: replication with no Ansible run.
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    result = run(["molecule", "test", "-s", "safety"], timeout=1200)
-    log = REPO / ".cache" / "molecule-safety.log"
-    log.write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, f"see {log}\n{tail(result)}"
-    out = result.stdout + result.stderr
-    summaries = re.findall(r"=+ (\d+) passed(?:, (\d+) skipped)? in ", out)
+    out, summaries = molecule_test("safety", 1200)
     # verify after converge, and verify after the restart: every test ran and passed both times.
     assert len(summaries) == 2, summaries
     assert all(int(passed) == 6 and not skipped for passed, skipped in summaries), summaries
@@ -159,15 +157,7 @@ def test_molecule_safety_scenario():
 def test_molecule_cloud_scenario():
     # pycopy_topology: cloud on client/online/target only, the data bridge
     # dropping spoofed frames and no route on the target; then stop.yml.
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    result = run(["molecule", "test", "-s", "cloud"], timeout=900)
-    log = REPO / ".cache" / "molecule-cloud.log"
-    log.write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, f"see {log}\n{tail(result)}"
-    out = result.stdout + result.stderr
-    summaries = re.findall(r"=+ (\d+) passed, (\d+) skipped in ", out)
+    out, summaries = molecule_test("cloud", 900)
     # verify after converge (7 tests, 3 skipped) and after stop.yml (3, 7 skipped)
     assert summaries == [("7", "3"), ("3", "7")], summaries
     assert "cloud: target received 100 of 100 from 10.242.1.11" in out
