@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 
 import pytest
+
+from tests.lab.httpserver import CANDIDATE_CHANGES
 
 from .conftest import REPO, lab_unavailable, run, tail
 
@@ -128,11 +132,26 @@ def molecule_test(scenario: str, timeout: float) -> tuple[str, list[tuple[str, s
 
 
 def test_molecule_default_scenario():
-    out, summaries = molecule_test("default", 900)
+    report = REPO / ".cache" / "molecule-compare"
+    shutil.rmtree(report, ignore_errors=True)
+    out, summaries = molecule_test("default", 1200)
     # Both verify steps ran and passed tests: after converge, and after stop.yml.
     assert len(summaries) == 2, summaries
     assert all(int(passed) > 0 for passed, _ in summaries), summaries
     assert " failed" not in "".join(re.findall(r"=+ .* in [0-9.]+s", out))
+    # side_effect ran playbooks/compare.yml (baseline 8091, candidate 8092 with
+    # the planted changes): the fetched report names exactly those, on the candidate.
+    summary = json.loads((report / "summary.json").read_text())
+    base, cand = "10.242.1.12:8091", "10.242.1.12:8092"
+    assert summary["baseline"] == base and summary["targets"] == [base, cand], summary["targets"]
+    found = sorted((g["endpoint"], g["target"], g["kind"], g["field"])
+                   for g in summary["regressions"])
+    planted = sorted((f"GET /api/{ep}/{{id}}", cand, kind, field)
+                     for ep, (kind, field) in CANDIDATE_CHANGES.items())
+    assert found == planted, json.dumps(summary["regressions"], indent=1)[:3000]
+    assert "<svg" in (report / "report.html").read_text()
+    records = [f.name for f in report.glob("compare-*.jsonl")]
+    assert records and all(n.startswith("compare-lab-online-") for n in records), records
 
 
 def test_demo_reports_every_request_at_the_target():

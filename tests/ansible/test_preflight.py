@@ -195,6 +195,31 @@ BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
         ["-i", str(CLOUD), "-e", "target=10.77.1.99:8080"],
         ["The IP in target (10.77.1.99:8080) is not the pycopy_address of a host of group 'target'"],
     ),
+    "extra_target_not_in_target_group": (
+        ["-e", json.dumps({"pycopy_extra_targets": ["10.77.1.12:8081", "10.77.1.98:8080"]})],
+        [
+            "pycopy_extra_targets (tcpcopy_extra_targets on pf-online) is",
+            "not the pycopy_address of a host of group 'target' (those are: 10.77.1.12): 10.77.1.98",
+            "Fix: list further targets as IP:PORT",
+        ],
+    ),
+    "extra_target_not_ip_port": (
+        ["-e", json.dumps({"pycopy_extra_targets": ["10.77.1.12:70000", "test2:80"]})],
+        ["not IP:PORT: 10.77.1.12:70000, test2:80"],
+    ),
+    "extra_target_is_the_target": (
+        ["-e", json.dumps({"pycopy_extra_targets": ["10.77.1.12:8080"]})],
+        ["each once and not the target 10.77.1.12:8080"],
+    ),
+    "intercept_misses_an_extra_port": (
+        ["-e", json.dumps({"pycopy_extra_targets": ["10.77.1.12:8081"],
+                           "intercept_target_ports": [8080]})],
+        [
+            "intercept_target_ports is [8080], but pycopy_extra_targets",
+            "also needs port(s) 8081",
+            "Fix: leave intercept_target_ports unset",
+        ],
+    ),
     "limit_leaves_out_the_target": (
         ["--limit", "online:assistant"],
         ["Hosts of the topology are not in this run: pf-target", "run without --limit"],
@@ -206,6 +231,8 @@ GOOD_INPUTS: dict[str, list[str]] = {
     # One variable moves every port: tcpcopy's default follows intercept_port.
     "intercept_port_moves_every_port": ["-e", "intercept_port=4000"],
     "c_range_inside_the_client_networks": ["-e", "tcpcopy_client_range=10.77.5.x"],
+    # A comparison experiment's further targets (playbooks/compare.yml).
+    "extra_targets": ["-e", json.dumps({"pycopy_extra_targets": ["10.77.1.12:8081"]})],
     # Own-address mode: no assistant, no client networks, no probe address, no route vars.
     "cloud_topology": ["-i", str(CLOUD)],
     # -c with the host's own address (pycopy_address; the gathered ones count too).

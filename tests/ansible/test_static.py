@@ -8,7 +8,8 @@ import pytest
 
 from .conftest import REPO, run, tail
 
-PLAYBOOKS = ["replay.yml", "stop.yml", "check.yml", "bundle.yml", "interpreter.yml", "preflight.yml"]
+PLAYBOOKS = ["replay.yml", "stop.yml", "check.yml", "bundle.yml", "interpreter.yml", "preflight.yml",
+             "compare.yml"]
 MOLECULE_PLAYBOOKS = ["create.yml", "prepare.yml", "converge.yml", "side_effect.yml", "destroy.yml"]
 
 
