@@ -11,7 +11,7 @@ import pytest
 
 from pycopy_engine.compare.analysis import Analysis, Rules, differences, percentile
 from pycopy_engine.compare.cli import main
-from pycopy_engine.compare.records import endpoint, normalise_path
+from pycopy_engine.core.endpoints import endpoint, normalise_path
 
 from .compare_data import BASELINE, CANDIDATE, PLANTED, records, write_dir
 

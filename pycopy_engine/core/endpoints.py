@@ -1,0 +1,37 @@
+"""Endpoint names of ``--compare`` records: method and path pattern.
+
+Shared by the engine (the live difference counters, core/compare_count.py)
+and the report (pycopy_engine/compare/), which imports it from here: the
+engine never imports the report package.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict
+
+_NUMBER = re.compile(r"^[+-]?[0-9]+(?:\.[0-9]+)?$")
+_HEX_ID = re.compile(r"^[0-9A-Fa-f]{8,}$")
+_UUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+ID = "{id}"
+
+
+def normalise_path(target: str) -> str:
+    """The path pattern of a request target: no query or fragment; segments
+    that are numbers, hex ids (8+ hex digits) or UUIDs become ``{id}``."""
+    path = target.split("?", 1)[0].split("#", 1)[0]
+    if "://" in path:  # absolute form (a request to a proxy): keep the path
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    if not path.startswith("/"):
+        return path or "/"  # "*" (OPTIONS *) or an authority (CONNECT)
+    segs = path.split("/")
+    return "/".join(ID if (_NUMBER.match(s) or _HEX_ID.match(s) or _UUID.match(s)) else s
+                    for s in segs)
+
+
+def endpoint(rec: Dict[str, Any]) -> str:
+    """``METHOD /path/{id}`` for HTTP, ``tcp`` for any other protocol."""
+    req = rec.get("req") or {}
+    if rec.get("proto") != "http" or not req.get("method"):
+        return "tcp" if rec.get("proto") == "tcp" else "(unparsed)"
+    return "%s %s" % (req["method"], normalise_path(str(req.get("path", "/"))))
