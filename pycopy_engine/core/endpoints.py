@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any, Dict
 
-_NUMBER = re.compile(r"^[+-]?[0-9]+(?:\.[0-9]+)?$")
-_HEX_ID = re.compile(r"^[0-9A-Fa-f]{8,}$")
-_UUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+# a whole path segment (between slashes) that is a number, a hex id of 8 or
+# more digits or a UUID: one pass of the C regex engine over the path
+_ID_SEGMENT = re.compile(r"(?<=/)(?:[+-]?[0-9]+(?:\.[0-9]+)?|[0-9A-Fa-f]{8,}"
+                         r"|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}"
+                         r"-[0-9A-Fa-f]{12})(?=/|\Z)")
 ID = "{id}"
 
 
@@ -24,9 +26,7 @@ def normalise_path(target: str) -> str:
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     if not path.startswith("/"):
         return path or "/"  # "*" (OPTIONS *) or an authority (CONNECT)
-    segs = path.split("/")
-    return "/".join(ID if (_NUMBER.match(s) or _HEX_ID.match(s) or _UUID.match(s)) else s
-                    for s in segs)
+    return _ID_SEGMENT.sub(ID, path)
 
 
 def endpoint(rec: Dict[str, Any]) -> str:
