@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any, Dict
 
-# a whole path segment (between slashes) that is a number, a hex id of 8 or
-# more digits or a UUID: one pass of the C regex engine over the path
-_ID_SEGMENT = re.compile(r"(?<=/)(?:[+-]?[0-9]+(?:\.[0-9]+)?|[0-9A-Fa-f]{8,}"
+# a slash and a whole path segment (up to the next slash or the end) that is a
+# number, a hex id of 8 or more digits or a UUID: one pass of the C regex
+# engine over the path (the next slash is not consumed: "/1/2" is two matches)
+_ID_SEGMENT = re.compile(r"/(?:[+-]?[0-9]+(?:\.[0-9]+)?|[0-9A-Fa-f]{8,}"
                          r"|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}"
                          r"-[0-9A-Fa-f]{12})(?=/|\Z)")
 ID = "{id}"
@@ -26,7 +27,7 @@ def normalise_path(target: str) -> str:
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     if not path.startswith("/"):
         return path or "/"  # "*" (OPTIONS *) or an authority (CONNECT)
-    return _ID_SEGMENT.sub(ID, path)
+    return _ID_SEGMENT.sub("/" + ID, path)
 
 
 def endpoint(rec: Dict[str, Any]) -> str:
