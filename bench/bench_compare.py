@@ -31,7 +31,7 @@ def pkt(src, dst, sport, dport, seq, ack, flags, data=b""):
     return build_ipv4_tcp(src, dst, sport, dport, seq, ack, flags, 65535, payload=data)
 
 
-def build(n: int, body: int):
+def build(n: int, body: int, payload: bytes = b""):
     flow = (CLI, 40000, ONL, 80, 0)
     key = (CLI, 40000, TGT, 80)
     cmp = Comparer(Stats(), lambda k: (flow, 0) if k == key else None, lambda f: f == flow)
@@ -40,7 +40,8 @@ def build(n: int, body: int):
           ("sent", pkt(CLI, TGT, 40000, 80, c, 0, SYN)),
           ("rec", make_record(pkt(TGT, CLI, 80, 40000, t, c + 1, SYN | ACK)))]
     c, s, t = c + 1, s + 1, t + 1
-    payload = b'{"id": 1, "name": "x", "items": [1, 2, 3]}' + b" " * max(0, body - 42)
+    if not payload:
+        payload = b'{"id": 1, "name": "x", "items": [1, 2, 3]}' + b" " * max(0, body - 42)
     for i in range(n):
         req = b"GET /users/%d HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\n\r\n" % i
         ans = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\n"

@@ -17,6 +17,7 @@ import time
 from typing import Any, List, Optional
 
 from ..core.compare import DEFAULT_TIMEOUT, Comparer
+from ..core.compare_count import DEFAULT_MAX_ENDPOINTS
 from ..core.stats import Stats
 from ..io import bpf
 from ..io.loop import Loop
@@ -44,6 +45,12 @@ def add_compare_options(a: Any) -> None:
       help="--compare: write a record this many seconds after its request even if answers"
            " are missing, once their connections made no progress for as long (they are"
            " null, with the reason in \"errors\") (5)")
+    a("--compare-max-endpoints", dest="compare_max_endpoints",
+      type=opt_type("--compare-max-endpoints", int_range(1, 100000), "bad count"),
+      default=DEFAULT_MAX_ENDPOINTS,
+      help="--compare: the live difference counters (--metrics, --stats-json) name this many"
+           " endpoints, the first seen; the others are counted as endpoint \"other\" (%d)"
+           % DEFAULT_MAX_ENDPOINTS)
 
 
 def check_compare_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -186,7 +193,8 @@ class CompareOut:
         eng = app.engine
         self.offset = time.time() - self.loop.time()  # wall clock - loop clock
         self.comparer = Comparer(app.stats, eng.flow_of, eng.replicated,
-                                 timeout=args.compare_timeout, wall_offset=self.offset)
+                                 timeout=args.compare_timeout, wall_offset=self.offset,
+                                 max_endpoints=args.compare_max_endpoints)
         self.writer = JsonlWriter(args.compare, args.compare_max_mb << 20, args.compare_keep,
                                   app.stats, app.log)
         expr = online_filter(args.maps)

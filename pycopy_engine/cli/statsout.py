@@ -19,6 +19,16 @@ GAUGES = ("sessions_active", "buffered_bytes", "control_queue_bytes", "control_l
           # issue 9: --compare
           "compare_flows", "compare_capture_drops")
 
+HELP = {
+    "compare_differences": "--compare: target answers that differ from online's answer to the"
+    " same request, per endpoint, target and kind (status, size, body, field, latency); raw"
+    " differences, no noise cancellation: a baseline target's own counter is the noise level",
+    "compare_answers": "--compare: target answers compared with online's, per endpoint and"
+    " target (the denominator of compare_differences)",
+    "compare_endpoints_overflowed": "--compare: distinct endpoints beyond"
+    " --compare-max-endpoints, counted under endpoint=\"other\"",
+}
+
 
 class StatsOutput:
     def __init__(self, loop: Loop, prog: str, stats: Stats, log: logging.Logger,
@@ -43,7 +53,7 @@ class StatsOutput:
     def render(self) -> str:
         from ..io.metrics import render_prometheus
 
-        return render_prometheus("pycopy_" + self.prog, self.stats.snapshot(), GAUGES)
+        return render_prometheus("pycopy_" + self.prog, self.stats.snapshot(), GAUGES, HELP)
 
     def start(self) -> None:
         self.loop.call_later(self.interval, self._tick)

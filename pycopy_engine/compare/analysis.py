@@ -33,7 +33,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .records import endpoint
+from ..core.endpoints import endpoint
 
 MISSING = object()
 RESERVOIR = 50_000  # latency samples kept per endpoint and answerer

@@ -1,4 +1,5 @@
-"""Reading ``tcpcopy --compare`` records (COMPARE.md §2) and naming endpoints."""
+"""Reading ``tcpcopy --compare`` records (COMPARE.md §2); endpoint names come
+from core/endpoints.py (shared with the engine's live counters)."""
 
 from __future__ import annotations
 
@@ -7,38 +8,11 @@ import gzip
 import ipaddress
 import json
 import os
-import re
-from typing import IO, Any, Dict, Iterator, List, Tuple
-
-_NUMBER = re.compile(r"^[+-]?[0-9]+(?:\.[0-9]+)?$")
-_HEX_ID = re.compile(r"^[0-9A-Fa-f]{8,}$")
-_UUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
-ID = "{id}"
+from typing import IO, Any, Iterator, List, Tuple
 
 
 class InputError(Exception):
     """Bad input directory or option; the message names it (exit status 2)."""
-
-
-def normalise_path(target: str) -> str:
-    """The path pattern of a request target: no query or fragment; segments
-    that are numbers, hex ids (8+ hex digits) or UUIDs become ``{id}``."""
-    path = target.split("?", 1)[0].split("#", 1)[0]
-    if "://" in path:  # absolute form (a request to a proxy): keep the path
-        path = "/" + path.split("://", 1)[1].partition("/")[2]
-    if not path.startswith("/"):
-        return path or "/"  # "*" (OPTIONS *) or an authority (CONNECT)
-    segs = path.split("/")
-    return "/".join(ID if (_NUMBER.match(s) or _HEX_ID.match(s) or _UUID.match(s)) else s
-                    for s in segs)
-
-
-def endpoint(rec: Dict[str, Any]) -> str:
-    """``METHOD /path/{id}`` for HTTP, ``tcp`` for any other protocol."""
-    req = rec.get("req") or {}
-    if rec.get("proto") != "http" or not req.get("method"):
-        return "tcp" if rec.get("proto") == "tcp" else "(unparsed)"
-    return "%s %s" % (req["method"], normalise_path(str(req.get("path", "/"))))
 
 
 def parse_target(text: str) -> str:

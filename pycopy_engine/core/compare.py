@@ -17,7 +17,9 @@ One ``Exchange`` (core/answers.py) per connection summarises the answers; the
 online connection's summaries and each copy's are joined by request number.
 A record is complete once every copy has answered, or ``timeout`` seconds after
 its request when a missing answer's connection made no progress for as long
-(missing answers are null, with the reason in ``errors``).
+(missing answers are null, with the reason in ``errors``).  Each record is
+also counted, per endpoint, target and kind of difference against online,
+into the statistics (core/compare_count.py).
 
 Target timings.  A target's answer is timed when tcpcopy receives it from
 intercept, the request when tcpcopy sent it, so the raw interval also holds
@@ -43,6 +45,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from ..errors import WireError
 from ..wire.tcpip import ACK, RST, SYN, ip_str, parse_ipv4_tcp
+from .compare_count import DEFAULT_MAX_ENDPOINTS, DiffCounter
 from .compare_stream import Pair
 from .stats import Stats
 
@@ -94,7 +97,7 @@ class Comparer:
                  wall_offset: float = 0.0, exchange: Optional[Callable[[int], Any]] = None,
                  max_flows: int = 20000, max_rows: int = 1024, max_held: int = 256 << 10,
                  idle: float = 120.0, stall: float = 0.5, max_orphans: int = 20000,
-                 orphan_ttl: float = 1.0) -> None:
+                 orphan_ttl: float = 1.0, max_endpoints: int = DEFAULT_MAX_ENDPOINTS) -> None:
         if exchange is None:
             from .answers import Exchange
 
@@ -119,6 +122,8 @@ class Comparer:
         # the path a request takes)
         self.paths: Dict[str, Deque[Tuple[float, float]]] = {}
         self.records: List[dict] = []
+        # live differences against online per endpoint, target and kind (metrics)
+        self.diffs = DiffCounter(stats, max_endpoints)
         # packets of flows not known yet: key -> [(time, packet)], oldest key first
         self.orphans: Dict[tuple, List[Tuple[float, bytes]]] = {}
         self.orphan_count = 0
@@ -395,6 +400,7 @@ class Comparer:
                 for lb in missing:
                     self.c["compare_missing:" + ("online" if lb == "online" else "target")] += 1
             self.records.append(rec)
+            self.diffs.count(rec)
             self.c["compare_records"] += 1
             f.emitted.add(n)
         while f.low in f.emitted:

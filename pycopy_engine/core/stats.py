@@ -3,14 +3,23 @@
 Counters live in one plain dict so the hot path pays one dict update:
 ``stats.c["send_packets"] += 1``.  Reason-coded counters are spelled
 ``"name:reason"`` (``"rst_sent:handshake_timeout"``, ``"drop:pure_ack"``); the
-exporters turn the part after the colon into a ``reason`` label.  Gauges are
-callables registered by their owner and read only when a snapshot is taken.
+exporters turn the part after the colon into a ``reason`` label
+(``"name:label=value"`` into that label; several are joined by tabs, see
+``labelled``).  Gauges are callables registered by their owner and read only
+when a snapshot is taken.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
+
+
+def labelled(name: str, *labels: Tuple[str, str]) -> str:
+    """The counter key of ``name`` with these labels, in this order:
+    ``labelled("x", ("kind", "status"), ("target", "10.0.0.12:80"))`` is
+    ``"x:kind=status\\ttarget=10.0.0.12:80"`` (a tab in a value becomes a space)."""
+    return name + ":" + "\t".join("%s=%s" % (k, v.replace("\t", " ")) for k, v in labels)
 
 
 class Stats:

@@ -7,7 +7,9 @@ directory, fsync, rename), so a reader never sees half a file.
 format 0.0.4: ``"name"`` becomes the counter ``<prefix>_name_total``,
 ``"name:reason"`` becomes ``<prefix>_name_total{reason="reason"}``
 (``"name:label=value"``, e.g. ``"brake_trips:target=10.0.0.12:80"``, gives
-``{target="10.0.0.12:80"}``), and names listed as gauges lose the ``_total``
+``{target="10.0.0.12:80"}``; several named labels are joined by a tab,
+``"name:endpoint=GET /x\\ttarget=10.0.0.12:80\\tkind=status"``, see
+``core.stats.labelled``), and names listed as gauges lose the ``_total``
 suffix.
 
 ``MetricsServer`` is a tiny non-blocking HTTP/1.0-style server on the
@@ -142,13 +144,17 @@ def render_prometheus(
             if label is None:
                 lines.append(f"{full} {format_value(value)}")
             else:
-                lname, named = "reason", _NAMED_LABEL.match(label)
-                if named:
-                    lname, label = named.group(1), named.group(2)
-                lines.append(
-                    f'{full}{{{lname}="{escape_label_value(label)}"}} {format_value(value)}'
-                )
+                lines.append(f"{full}{{{_labels(label)}}} {format_value(value)}")
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _labels(label: str) -> str:
+    """The label set of a ``"name:…"`` key's part after the colon."""
+    parts = label.split("\t")
+    named = [_NAMED_LABEL.match(p) for p in parts]
+    if all(named) and len({m.group(1) for m in named if m}) == len(named):
+        return ",".join(f'{m.group(1)}="{escape_label_value(m.group(2))}"' for m in named if m)
+    return f'reason="{escape_label_value(label)}"'
 
 
 # -- HTTP endpoint ---------------------------------------------------------------

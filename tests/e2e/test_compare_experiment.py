@@ -11,7 +11,9 @@ that differ on every request (a timestamp, a random id, a shuffled list).
 ``tcpcopy --tee --compare DIR`` copies the live traffic to both targets and
 records the three answers of each request; ``pycopy-compare DIR --baseline
 <baseline>`` must name exactly the three regressions, on the candidate, and
-nothing else; both targets must have received every request.
+nothing else; both targets must have received every request.  While tcpcopy
+runs, its ``/metrics`` must count the candidate's planted differences per
+endpoint and kind (raw, against online), above the baseline's own counts.
 
 ``PYCOPY_EXPERIMENT_REPORT=DIR`` keeps the run's report.html and summary.json
 in DIR (the README's screenshot is of such a run).
@@ -25,18 +27,21 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.lab.httpserver import CANDIDATE_CHANGES
 from tests.lab.services import HttpServerProc, logged_keys, run_client, sent_keys
+from tests.metrics.promparse import parse
 
 from .procs import Proc
 
 pytestmark = pytest.mark.lab
 
 KEEPALIVE, SHORT = 400, 80  # requests of each run, a quarter per endpoint
+METRICS_PORT = 9309  # tcpcopy's --metrics, on the online host's loopback
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +74,59 @@ def wait_api(srv: HttpServerProc, start: int, n: int, timeout: float = 20.0) -> 
         time.sleep(0.1)
 
 
+def scrape(lab, host: str, port: int) -> tuple:
+    """tcpcopy's /metrics from inside ``host``: (strictly parsed families, text)."""
+    with lab.inside(host):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    return parse(text), text
+
+
+def live_differences(fams: dict) -> tuple:
+    """{(endpoint, target, kind): n} and {(endpoint, target): answers} of a scrape."""
+    diffs, answers = {}, {}
+    name = "pycopy_tcpcopy_compare_differences_total"
+    for (_, labels), v in fams.get(name, {"samples": {}})["samples"].items():
+        d = dict(labels)
+        diffs[(d["endpoint"], d["target"], d["kind"])] = v
+    name = "pycopy_tcpcopy_compare_answers_total"
+    for (_, labels), v in fams.get(name, {"samples": {}})["samples"].items():
+        d = dict(labels)
+        answers[(d["endpoint"], d["target"])] = v
+    return diffs, answers
+
+
+def check_live_counters(lab, base: str, cand: str, per_ep: int) -> None:
+    """The planted differences, counted raw against online while tcpcopy runs."""
+    fams, text = scrape(lab, "online", METRICS_PORT)
+    diffs, answers = live_differences(fams)
+    assert "no noise cancellation" in text
+    eps = {ep: f"GET /api/{ep}/{{id}}" for ep in ("users", "orders", "search", "items")}
+    for ep in eps.values():
+        for t in (base, cand):
+            assert answers.get((ep, t)) == per_ep, (ep, t, answers)
+            for kind in ("size", "body"):  # JSON answers: compared by field
+                assert diffs.get((ep, t, kind), 0) == 0, (ep, t, kind, diffs)
+    def n(ep, t, kind):
+        return diffs.get((eps[ep], t, kind), 0)
+    # status: the candidate's 500s on orders, nowhere else; none on the baseline
+    assert n("orders", cand, "status") == per_ep
+    assert sum(n(ep, t, "status") for ep in eps for t in (base, cand)) == per_ep, diffs
+    # latency: the candidate's +50 ms on search, each answer; the baseline's own
+    # (timing noise) is lower
+    assert n("search", cand, "latency") >= 0.9 * per_ep, diffs
+    assert n("search", base, "latency") < n("search", cand, "latency"), diffs
+    # field: raw, so the noise fields (timestamp, random id, shuffled list) make
+    # every JSON answer of both targets differ: the baseline's count is the noise
+    # level, and the candidate's planted user.tier is hidden in it (the report
+    # cancels it); the candidate's 500s are compared by status only
+    for ep in ("users", "search", "items"):
+        assert n(ep, cand, "field") == n(ep, base, "field") == per_ep, diffs
+    assert n("orders", cand, "field") == 0 and n("orders", base, "field") == per_ep, diffs
+    over = fams["pycopy_tcpcopy_compare_endpoints_overflowed_total"]["samples"]
+    assert list(over.values()) == [0]
+
+
 def test_report_names_exactly_the_planted_regressions(lab, workdir, http_servers, candidate):
     cip, csrv = candidate
     base = "%s:80" % lab.ip["target"]
@@ -81,7 +139,8 @@ def test_report_names_exactly_the_planted_regressions(lab, workdir, http_servers
               ["-i", "eth0", "-F", "tcp and (src port 80 or src port 8080)"], workdir, "ic-exp")
     tc = Proc(lab, "online", "tcpcopy",
               ["-x", f"80-{lab.ip['target']}:80,80-{cip}:8080", "--tee",
-               "-s", lab.ip["assistant"], "--compare", str(out)], workdir, "tc-exp")
+               "-s", lab.ip["assistant"], "--compare", str(out),
+               "--metrics", f"127.0.0.1:{METRICS_PORT}"], workdir, "tc-exp")
     try:
         ka = run_client(lab, requests=KEEPALIVE, connections=3, mode="keepalive", kind="api",
                         tag="1")
@@ -90,6 +149,7 @@ def test_report_names_exactly_the_planted_regressions(lab, workdir, http_servers
         n = KEEPALIVE + SHORT
         got = {k: wait_api(s, start[k], n) for k, s in servers.items()}
         assert tc.wait_stat("compare_records", n, timeout=20) >= n
+        check_live_counters(lab, base, cand, n // 4)  # while it runs
     finally:
         tc.stop()
         ic.stop()

@@ -132,3 +132,24 @@ def test_stats_json_failure_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
         write_stats_json(str(path), {"n": object()}, {})  # type: ignore[dict-item]
     assert json.loads(path.read_text())["counters"]["n"] == 1
     assert os.listdir(tmp_path) == ["stats.json"]
+
+
+def test_several_named_labels() -> None:
+    from pycopy_engine.core.stats import labelled
+
+    s = Stats()
+    key = labelled("compare_differences", ("endpoint", 'GET /a,b=c/"{id}"'),
+                   ("target", "10.0.0.12:80"), ("kind", "sta\ttus"))
+    assert key == 'compare_differences:endpoint=GET /a,b=c/"{id}"\ttarget=10.0.0.12:80\tkind=sta tus'
+    s.c[key] += 3
+    s.c["compare_differences:not a label\tkind=x"] += 1  # not all named: one reason label
+    s.c["compare_differences:kind=a\tkind=b"] += 1  # a label twice: one reason label
+    fams = parse(render_prometheus("pycopy_tcpcopy", s.snapshot()))
+    samples = fams["pycopy_tcpcopy_compare_differences_total"]["samples"]
+    name = "pycopy_tcpcopy_compare_differences_total"
+    assert samples == {
+        (name, (("endpoint", 'GET /a,b=c/"{id}"'), ("kind", "sta tus"),
+                ("target", "10.0.0.12:80"))): 3,
+        (name, (("reason", "not a label\tkind=x"),)): 1,
+        (name, (("reason", "kind=a\tkind=b"),)): 1,
+    }

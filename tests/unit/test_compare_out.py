@@ -18,15 +18,21 @@ BASE = ["-x", "80-10.0.0.12:8080", "-s", "10.0.0.13"]
 def test_compare_options(tmp_path):
     d = tmp_path / "cmp"
     a = tcli.parse_args(BASE + ["--compare", str(d), "--compare-max-mb", "5",
-                                "--compare-keep", "3", "--compare-timeout", "2.5"])
+                                "--compare-keep", "3", "--compare-timeout", "2.5",
+                                "--compare-max-endpoints", "50"])
     assert d.is_dir() and (a.compare_max_mb, a.compare_keep, a.compare_timeout) == (5, 3, 2.5)
+    assert a.compare_max_endpoints == 50
     assert tcli.parse_args(BASE).compare is None
+    assert tcli.parse_args(BASE + ["--compare", str(d)]).compare_max_endpoints == 200
 
 
 @pytest.mark.parametrize("extra,needle", [
     (["--compare-max-mb", "0"], "--compare-max-mb"),
     (["--compare-keep", "x"], "'x'"),
     (["--compare-timeout", "0"], "--compare-timeout"),
+    (["--compare-max-endpoints", "0"],
+     "--compare-max-endpoints: invalid value '0': must be 1..100000"),
+    (["--compare-max-endpoints", "many"], "--compare-max-endpoints: invalid value 'many'"),
     (["--pcap", "/etc/hostname"], "offline capture file"),
 ])
 def test_bad_compare_values_exit_2(tmp_path, extra, needle, capsys):
