@@ -9,14 +9,16 @@ kernel drops packets at saturation, and it is not just its size in bytes:
   however little it holds.  At rates where a block does not fill within
   ``tov_ms`` the ring holds ``block_nr x tov_ms`` of traffic, so a ring of
   16 MB in 128 KB blocks with a 1 ms timer held only ~0.5 s (128 ticks of
-  4 ms) at 35k packets/s, a fifth of its bytes.  Above that rate it holds
+  4 ms) at 35k packets/s, about a quarter of its bytes.  Above that rate it holds
   ``block_nr x packets per block`` packets.
 
 :func:`plan_v3` therefore uses the smallest block that fits a full packet
 (a power of two pages: the kernel allocates blocks in such orders) and, unless
 told otherwise, the shortest timer for which ``block_nr x tov_ms`` covers
-:data:`HOLD_S`; :meth:`RingPlan.hold_seconds` gives what a plan holds at a
-given packet rate, which the callers log.
+:data:`HOLD_S` (8 s: a reader starved of CPU for seconds loses nothing; the
+cost is that at low rates a packet waits up to the timer, 16 ms at most);
+:meth:`RingPlan.hold_seconds` gives what a plan holds at a given packet rate,
+which the callers log.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 PAGE = 4096
-HOLD_S = 2.0  # a V3 ring's timer is chosen so that it holds this long at any rate below its byte limit
+HOLD_S = 8.0  # a V3 ring's default timer makes it hold this long below its byte limit
 MAX_TOV_MS = 16  # ...but a lone packet never waits longer than this (plus a tick)
 V3_BLOCK_HDR = 48  # struct tpacket_block_desc, aligned to 8
 V3_NETOFF = 96  # TPACKET_ALIGN(TPACKET3_HDRLEN) + 16: where the IP header lands in SOCK_DGRAM

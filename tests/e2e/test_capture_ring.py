@@ -94,7 +94,7 @@ def test_default_ring_holds_a_one_second_stall_without_loss(lab, workdir, http_s
     tc = _tcpcopy_i(lab, workdir, [], "tcpcopy-ring-default")
     try:
         log = _wait_log(tc, "ring: TPACKET_V3")
-        assert "65536 KB in 512 blocks of 128 KB, block timeout 4 ms: holds 2.0 s" in log
+        assert "65536 KB in 512 blocks of 128 KB, block timeout 16 ms: holds 8.0 s" in log
         res = _burst_with_stall(lab, tc, http_servers["online"], 4000, "rdef")
         sent = sorted(sent_keys(res))
         assert logged_keys(logs("online", 4000)) == sent
