@@ -10,7 +10,8 @@ from .conftest import REPO, run, tail
 
 PLAYBOOKS = ["replay.yml", "stop.yml", "check.yml", "bundle.yml", "interpreter.yml", "preflight.yml",
              "compare.yml"]
-MOLECULE_PLAYBOOKS = ["create.yml", "prepare.yml", "converge.yml", "side_effect.yml", "destroy.yml"]
+MOLECULE_PLAYBOOKS = ["create.yml", "prepare.yml", "converge.yml", "side_effect.yml", "undo.yml",
+                      "destroy.yml"]
 
 
 @pytest.mark.skipif(shutil.which("ansible-lint") is None, reason="ansible-lint not installed")
