@@ -9,9 +9,20 @@ time per request of tcpcopy and of intercept (utime + stime from /proc).
     python3 bench/run.py [--duration 5] [--rates 1000,5000,10000,max] [--modes keepalive,close]
     python3 bench/run.py --no-assistant   # own-address mode: no intercept, tcpcopy alone
     python3 bench/run.py --compare --rates 5000 --modes keepalive   # with tcpcopy --compare
+    python3 bench/run.py --rates max --modes keepalive --tcpcopy-args '-i eth0'   # AF_PACKET ring
+    PYCOPY_C_TOOLS=/opt/tcpcopy-1.0/bin python3 bench/run.py --repeats 2   # side by side with C
 
 In own-address mode the intercept column is empty: tcpcopy's own CPU per
 request is what compares with tcpcopy + intercept of the classic rows.
+``--tcpcopy-args`` go to pycopy's tcpcopy only (``-i eth0``: the lab's online
+interface); ``--c-tcpcopy-args`` to the C one.  The kernel-drops column is
+pycopy tcpcopy's capture_kernel_drops gauge (its --stats-json) over the row.
+
+With ``PYCOPY_C_TOOLS`` naming a directory with the C TCPCopy 1.0 ``tcpcopy``
+and ``intercept`` binaries (as tests/e2e/test_interop_c.py), every point runs
+for C and for pycopy, alternately (bench/sidebyside.py), the pair restarted at
+each switch, and the side-by-side table of issue 13 is printed at the end:
+CPU per request C -> pycopy with the ratio, and each side's fidelity.
 
 Needs root, nginx and wrk (Debian packages nginx-light and wrk).
 """
@@ -31,7 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.lab.netns import Lab, cleanup_prefix  # noqa: E402
+from bench.sidebyside import PY, C, Measure, plan_runs, render_table, summarize  # noqa: E402
+from tests.lab.netns import Lab, LabError, cleanup_prefix  # noqa: E402
 
 PREFIX, SUBNET = "pbn", "10.231.250"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -84,15 +96,119 @@ def wait_stable(path: Path, settle: float = 1.0, limit: float = 15.0) -> int:
     return last
 
 
+def wait_for(pred, what: str, proc, limit: float = 15.0) -> None:
+    deadline = time.monotonic() + limit
+    while not pred():
+        if proc.poll() is not None:
+            raise LabError(f"{what} exited {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise LabError(f"{what} not ready after {limit:.0f} s")
+        time.sleep(0.05)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def c_tools() -> Path | None:
+    d = os.environ.get("PYCOPY_C_TOOLS", "")
+    if not d:
+        return None
+    missing = [b for b in ("tcpcopy", "intercept") if not os.access(Path(d) / b, os.X_OK)]
+    if missing:
+        sys.exit(f"bench: PYCOPY_C_TOOLS={d}: no executable {', '.join(missing)} there")
+    return Path(d)
+
+
+class Pair:
+    """tcpcopy on online and intercept on the assistant, of one tool (C or
+    pycopy), each logging to ``work/<tool>-<prog>.log``."""
+
+    def __init__(self, tool: str, lab: Lab, work: Path, args: argparse.Namespace,
+                 cdir: Path | None, n: int) -> None:
+        self.tool, self.lab = tool, lab
+        o, t, a = lab.ip["online"], lab.ip["target"], lab.ip["assistant"]
+        tag = f"{tool}-{n}"
+        self.tc_log, self.ic_log = work / f"tcpcopy-{tag}.log", work / f"intercept-{tag}.log"
+        self.stats = work / f"tcpcopy-{tag}.stats.json"
+        self.ic = None
+        if tool == C:
+            assert cdir is not None
+            self.ic = lab.popen("assistant", [str(cdir / "intercept"), "-i", "eth0", "-F",
+                                              "tcp and src port 80", "-l", str(self.ic_log)])
+            wait_for(lambda: "pcap_set_buffer_size" in read_text(self.ic_log), "C intercept",
+                     self.ic)
+            time.sleep(0.3)  # pcap_activate follows that line
+            self.tc = lab.popen("online", [str(cdir / "tcpcopy"), "-x", f"80-{t}:80", "-s", a,
+                                           "-l", str(self.tc_log), *args.c_tcpcopy_args.split()])
+            wait_for(lambda: "connect to remote server" in read_text(self.tc_log), "C tcpcopy",
+                     self.tc)
+            time.sleep(0.3)  # the capture socket opens after the links
+            return
+        py = [sys.executable, "-m"]
+        if not args.no_assistant:
+            self.ic = lab.popen("assistant", [*py, "pycopy_engine.cli.intercept", "-i", "eth0",
+                                              "-F", "tcp and src port 80", "-l", str(self.ic_log)])
+            time.sleep(1.5)
+        where = ["--no-assistant"] if args.no_assistant else ["-s", a]
+        env = lab.env({"PYCOPY_PROFILE": args.profile} if args.profile else None)
+        self.tc = lab.popen("online", env=env, argv=[
+            *py, "pycopy_engine.cli.tcpcopy", "-x", f"{o}:80-{t}:80", *where,
+            "-l", str(self.tc_log), "--stats-json", str(self.stats), "--stats-interval", "0.5",
+            *args.tcpcopy_args.split()])
+        wait_for(self.stats.exists, "pycopy tcpcopy", self.tc)
+        if self.ic is not None and self.ic.poll() is not None:
+            raise LabError(f"pycopy intercept exited {self.ic.returncode}")
+
+    def drops(self) -> int | None:
+        """pycopy tcpcopy's capture_kernel_drops gauge, as last written."""
+        if self.tool != PY:
+            return None
+        for _ in range(20):
+            try:
+                return int(json.loads(self.stats.read_text())["counters"]
+                           .get("capture_kernel_drops") or 0)
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.05)
+        return None
+
+    def cpu(self) -> tuple[float, float]:
+        return cpu_seconds(self.tc.pid), cpu_seconds(self.ic.pid) if self.ic else 0.0
+
+    def stop(self) -> None:
+        for p in (self.tc, self.ic):
+            if p is not None:
+                self.lab.stop(p)
+
+
+def wrk_argv(mode: str, rate: str, args: argparse.Namespace, url: str, lua: Path) -> list[str]:
+    conns = args.connections
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{int(args.duration)}s", "--timeout", "5s"]
+    if mode == "close":
+        argv += ["-H", "Connection: close"]
+    if rate != "max":
+        per_conn_ms = conns * 1000.0 / float(rate)
+        lua.write_text(f"function delay() return {per_conn_ms:.3f} end\n")
+        argv += ["-s", str(lua)]
+    return argv + [url]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rates", default="1000,5000,10000,max")
     ap.add_argument("--modes", default="keepalive,close")
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs of each point per tool, medians printed (2 with C, else 1)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--profile", help="write a cProfile of tcpcopy here")
-    ap.add_argument("--tcpcopy-args", default="", help="extra tcpcopy options, e.g. '-i eth0'")
+    ap.add_argument("--tcpcopy-args", default="",
+                    help="extra options of pycopy's tcpcopy, e.g. '-i eth0'")
+    ap.add_argument("--c-tcpcopy-args", default="", help="extra options of the C tcpcopy")
     ap.add_argument("--no-assistant", action="store_true",
                     help="own-address mode (tcpcopy --no-assistant, no intercept)")
     ap.add_argument("--compare", action="store_true",
@@ -104,49 +220,49 @@ def main() -> int:
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed (apt-get install nginx-light wrk)")
+    cdir = c_tools()
+    if cdir is not None and args.no_assistant:
+        sys.exit("bench: PYCOPY_C_TOOLS: the C tools have no own-address mode; unset it")
+    tools = [C, PY] if cdir is not None else [PY]
+    repeats = args.repeats or (2 if cdir is not None else 1)
+    runs = plan_runs(args.modes.split(","), args.rates.split(","), tools, repeats)
+    if cdir is None:
+        print("bench: PYCOPY_C_TOOLS is not set: pycopy alone (set it to a directory with the C"
+              " tcpcopy and intercept for the side-by-side table)")
     work = Path(tempfile.mkdtemp(prefix="pycopy-bench-"))
     os.chmod(work, 0o755)
     cleanup_prefix(args.prefix)
-    results = []
+    measures: list[Measure] = []
     cmp_dir = work / "compare"
     if args.compare:
         args.tcpcopy_args += " --compare %s" % cmp_dir
+    last_log = None
     with Lab(args.prefix, args.subnet) as lab:
         procs = []
         for name in ("online", "target"):
             conf = work / f"nginx-{name}.conf"
             conf.write_text(NGINX_CONF.format(dir=work, name=name, ip=lab.ip[name]))
             procs.append(lab.popen(name, ["nginx", "-c", str(conf)]))
-        t, a, o = lab.ip["target"], lab.ip["assistant"], lab.ip["online"]
-        ic = None
-        if not args.no_assistant:
-            ic = lab.popen("assistant", [sys.executable, "-m", "pycopy_engine.cli.intercept",
-                                         "-i", "eth0", "-F", "tcp and src port 80", "-l",
-                                         str(work / "intercept.log")])
-            time.sleep(1.5)
-        where = ["--no-assistant"] if args.no_assistant else ["-s", a]
-        tc = lab.popen("online", env=lab.env({"PYCOPY_PROFILE": args.profile} if args.profile else None), argv=[sys.executable, "-m", "pycopy_engine.cli.tcpcopy", "-x",
-                                  f"{o}:80-{t}:80", *where, "-l", str(work / "tcpcopy.log"),
-                                  *args.tcpcopy_args.split()])
-        time.sleep(1.5)
-        if tc.poll() is not None or (ic is not None and ic.poll() is not None):
-            sys.exit("bench: tcpcopy or intercept did not start; see " + str(work))
+        o = lab.ip["online"]
         lua = work / "rate.lua"
-        print(f"{'mode':<10}{'offered':>9}{'achieved/s':>12}{'fidelity':>10}"
-              f"{'tcpcopy us/req':>16}{'intercept us/req':>18}")
-        for mode in args.modes.split(","):
-            for rate in args.rates.split(","):
-                conns = args.connections
-                argv = ["wrk", "-t1", f"-c{conns}", f"-d{int(args.duration)}s", "--timeout", "5s"]
-                if mode == "close":
-                    argv += ["-H", "Connection: close"]
-                if rate != "max":
-                    per_conn_ms = conns * 1000.0 / float(rate)
-                    lua.write_text(f"function delay() return {per_conn_ms:.3f} end\n")
-                    argv += ["-s", str(lua)]
-                argv.append(f"http://{o}/")
+        print(f"{'tool':<8}{'mode':<10}{'offered':>9}{'achieved/s':>12}{'fidelity':>10}"
+              f"{'tcpcopy us/req':>16}{'intercept us/req':>18}{'kernel drops':>14}")
+        pair: Pair | None = None
+        try:
+            for n, run in enumerate(runs):
+                if pair is None or pair.tool != run.tool:
+                    if pair is not None:
+                        pair.stop()
+                        time.sleep(1.0)
+                    try:
+                        pair = Pair(run.tool, lab, work, args, cdir, n)
+                    except LabError as exc:
+                        sys.exit(f"bench: {exc}; see {work}")
+                    last_log = pair.tc_log
+                argv = wrk_argv(run.mode, run.rate, args, f"http://{o}/", lua)
                 on0, ta0 = lines(work / "access-online.log"), lines(work / "access-target.log")
-                c_tc, c_ic = cpu_seconds(tc.pid), cpu_seconds(ic.pid) if ic else 0.0
+                c_tc, c_ic = pair.cpu()
+                d0 = pair.drops()
                 t0 = time.monotonic()
                 r = lab.run("client", argv, check=False, timeout=args.duration + 60)
                 if r.returncode:
@@ -154,34 +270,45 @@ def main() -> int:
                 elapsed = time.monotonic() - t0
                 on1 = wait_stable(work / "access-online.log")
                 ta1 = wait_stable(work / "access-target.log")
-                d_tc = cpu_seconds(tc.pid) - c_tc
-                d_ic = cpu_seconds(ic.pid) - c_ic if ic else 0.0
+                e_tc, e_ic = pair.cpu()
+                time.sleep(0.6)  # one more --stats-interval: the drops gauge is current
+                d1 = pair.drops()
                 n_on, n_ta = on1 - on0, ta1 - ta0
-                row = {
-                    "mode": mode, "offered": rate, "achieved": n_on / elapsed,
-                    "online": n_on, "target": n_ta,
-                    "fidelity": (n_ta / n_on) if n_on else 0.0,
-                    "tcpcopy_us": 1e6 * d_tc / n_on if n_on else 0.0,
-                    "intercept_us": 1e6 * d_ic / n_on if n_on and ic else None,
-                    "topology": "own-address" if args.no_assistant else "classic",
-                }
-                ic_us = "-" if row["intercept_us"] is None else f"{row['intercept_us']:.1f}"
-                results.append(row)
-                print(f"{mode:<10}{rate:>9}{row['achieved']:>12.0f}{100 * row['fidelity']:>9.2f}%"
-                      f"{row['tcpcopy_us']:>16.1f}{ic_us:>18}", flush=True)
+                m = Measure(
+                    run.mode, run.rate, run.tool, n_on / elapsed, n_on, n_ta,
+                    1e6 * (e_tc - c_tc) / n_on if n_on else 0.0,
+                    (1e6 * (e_ic - c_ic) / n_on if n_on else 0.0) if pair.ic else None,
+                    None if d0 is None or d1 is None else d1 - d0)
+                measures.append(m)
+                ic_us = "-" if m.intercept_us is None else f"{m.intercept_us:.1f}"
+                drops = "-" if m.drops is None else str(m.drops)
+                print(f"{run.tool:<8}{run.mode:<10}{run.rate:>9}{m.achieved:>12.0f}"
+                      f"{100 * m.fidelity:>9.2f}%{m.tcpcopy_us:>16.1f}{ic_us:>18}{drops:>14}",
+                      flush=True)
                 time.sleep(1.0)
-        for p in (tc, ic, *procs):
-            if p is not None:
+        finally:
+            if pair is not None:
+                pair.stop()
+            for p in procs:
                 lab.stop(p)
-        tail = subprocess.run(["tail", "-n", "16", str(work / "tcpcopy.log")],
-                              capture_output=True, text=True).stdout
-        print("\ntcpcopy's last statistics:\n" + tail)
+        if last_log is not None:
+            tail = subprocess.run(["tail", "-n", "16", str(last_log)],
+                                  capture_output=True, text=True).stdout
+            print("\nlast tcpcopy's last statistics:\n" + tail)
         if args.compare:
             recs = sum(lines(f) for f in cmp_dir.glob("compare-*.jsonl"))
-            total = sum(r["online"] for r in results)
+            total = sum(m.online for m in measures if m.tool == PY)
             print(f"--compare: {recs} records for {total} requests the online server logged")
+    print(("\nmedians of %d run(s) per point and tool\n" % repeats) +
+          render_table(summarize(measures)))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps([
+            {"mode": m.mode, "offered": m.rate, "tool": m.tool, "achieved": m.achieved,
+             "online": m.online, "target": m.target, "fidelity": m.fidelity,
+             "tcpcopy_us": m.tcpcopy_us, "intercept_us": m.intercept_us,
+             "kernel_drops": m.drops,
+             "topology": "own-address" if args.no_assistant else "classic"}
+            for m in measures], indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("-T", dest="rounds", type=opt_type("-T", int_range(1), "bad count"), default=1,
       help="offline: replay the file this many times")
     a("-F", dest="filter", metavar="BPF", help="capture filter (pcap syntax) for -i")
-    a("-B", dest="bufsize", type=opt_type("-B", int_range(1, 4096), "bad size"), default=16,
-      help="capture buffer in MB (16)")
+    a("-B", dest="bufsize", type=opt_type("-B", int_range(1, 4096), "bad size"), default=64,
+      help="-i: capture ring in MB (64); raise it when the log reports kernel drops")
     a("-S", dest="snaplen", type=opt_type("-S", int_range(64, 65535), "bad snaplen"),
       default=65535, help="capture snap length (65535)")
     a("-n", dest="replicas", type=opt_type("-n", int_range(1, 1023), "must be 1..1023"), default=1,

@@ -92,12 +92,16 @@ class TcpCopyApp:
         prog = bpf.compile_filter(expr, bpf.DLT_RAW)
         if args.iface:
             ifaces = [i for i in args.iface.split(",") if i]
-            self.capture = open_packet_capture(ifaces, prog, ignore_outgoing=True,
-                                               snaplen=args.snaplen,
-                                               ring_bytes=args.bufsize << 20)
+            self.capture = open_packet_capture(
+                ifaces, prog, ignore_outgoing=True, snaplen=args.snaplen,
+                ring_bytes=args.bufsize << 20,
+                drop_hint="raise -B (the -i capture ring, now %d MB)" % args.bufsize)
             where = "interfaces " + args.iface
+            if self.capture.plan is not None:
+                where += " (ring: %s)" % self.capture.plan.describe()
         else:
             self.capture = open_raw_ip_capture(prog)
+            self.capture.drop_hint = "capture with -i and a larger -B (this socket buffer is 64 MB)"
             where = "raw IP socket"
         self.log.log(25, "capture: %s, filter: %s", where, expr)
 

@@ -33,6 +33,7 @@ import errno
 import os
 import socket
 from collections.abc import Sequence
+from time import monotonic as _monotonic
 from typing import Any
 
 from pycopy_engine.errors import ConfigError, PycopyError
@@ -144,6 +145,8 @@ class _RecvCapture(Capture):
                 got = size
             handle(buf_mv[:got])
         self._packets += n
+        if n and _monotonic() >= self.drop_check_at:
+            self.check_drops()
         return n
 
     def _read_mmsg(self, handle: Handle) -> int:
@@ -169,6 +172,8 @@ class _RecvCapture(Capture):
         finally:
             self._packets += i
             self.lost += count - i  # a handler raised: the rest of the batch is gone
+        if _monotonic() >= self.drop_check_at:
+            self.check_drops()
         return count
 
 
@@ -267,10 +272,11 @@ def open_packet_capture(
     version: int | None = None,
     frame_size: int | None = None,
     block_size: int | None = None,
-    block_timeout_ms: int = 1,
+    block_timeout_ms: int | None = None,
     max_batch: int = 256,
     rcvbuf: int = 16 << 20,
     batched: bool = True,
+    drop_hint: str | None = None,
 ) -> Capture:
     """AF_PACKET/SOCK_DGRAM capture on ``ifaces`` (None, [] or "any" = all).
 
@@ -285,7 +291,10 @@ def open_packet_capture(
     at most 4 KB (intercept: 120 bytes) and V3 above (tcpcopy's full
     packets, where 64 KB V2 frames would hold only ~250 packets in 16 MB).
     ``ring_bytes`` defaults to 16 MB (V2) or 32 MB (V3; 64 MB for a forced V2
-    with large frames).  ``frame_size`` (V2) may be set below what ``snaplen``
+    with large frames); ``block_timeout_ms`` by default is the shortest for
+    which the V3 ring holds 2 s of traffic below its byte limit (see
+    :mod:`pycopy_engine.io.ringplan`).  ``drop_hint``: the fix that the
+    warning logged on kernel drops names (e.g. the option enlarging the ring).  ``frame_size`` (V2) may be set below what ``snaplen``
     needs, trading counted truncation for memory.  ``ring=False`` or a ring
     that cannot be set up gives socket reads (recvmmsg if ``batched``).
     """
@@ -310,26 +319,46 @@ def open_packet_capture(
         bpf.attach_filter(sock, prog)
         if bind_idx:  # unbound = every interface (CPython cannot bind to ifindex 0)
             sock.bind((socket.if_indextoname(bind_idx), proto))  # CPython applies htons
-        if ring:
-            if version is None:
-                version = 2 if NETOFF_DGRAM + snaplen <= 4096 else 3
-            try:
-                if version == 3:
-                    return ring_v3(
-                        sock, snaplen, ring_bytes, block_size, block_timeout_ms, max_batch
-                    )
-                return ring_v2(sock, snaplen, ring_bytes, frame_size, block_size, max_batch)
-            except OSError as exc:
-                if exc.errno in (errno.EPERM, errno.EACCES):
-                    raise
-                # e.g. ENOMEM for the ring or the mapping: fall back to socket
-                # reads, after removing a ring that was set up (a zeroed request)
-                try:
-                    sock.setsockopt(SOL_PACKET, PACKET_RX_RING, bytes(28))
-                except OSError:
-                    pass
-        _set_rcvbuf(sock, rcvbuf)
-        return PacketRecvCapture(sock, snaplen, min(max_batch, 64), batched)
+        cap = _open_packet_reader(sock, snaplen, ring, version, ring_bytes, frame_size,
+                                  block_size, block_timeout_ms, max_batch, rcvbuf, batched)
+        if drop_hint:
+            cap.drop_hint = drop_hint
+        return cap
     except BaseException:
         sock.close()
         raise
+
+
+def _open_packet_reader(
+    sock: socket.socket,
+    snaplen: int,
+    ring: bool,
+    version: int | None,
+    ring_bytes: int | None,
+    frame_size: int | None,
+    block_size: int | None,
+    block_timeout_ms: int | None,
+    max_batch: int,
+    rcvbuf: int,
+    batched: bool,
+) -> Capture:
+    if ring:
+        if version is None:
+            version = 2 if NETOFF_DGRAM + snaplen <= 4096 else 3
+        try:
+            if version == 3:
+                return ring_v3(
+                    sock, snaplen, ring_bytes, block_size, block_timeout_ms, max_batch
+                )
+            return ring_v2(sock, snaplen, ring_bytes, frame_size, block_size, max_batch)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                raise
+            # e.g. ENOMEM for the ring or the mapping: fall back to socket
+            # reads, after removing a ring that was set up (a zeroed request)
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_RX_RING, bytes(28))
+            except OSError:
+                pass
+    _set_rcvbuf(sock, rcvbuf)
+    return PacketRecvCapture(sock, snaplen, min(max_batch, 64), batched)

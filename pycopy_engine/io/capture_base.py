@@ -7,8 +7,10 @@ so that the ring captures in :mod:`pycopy_engine.io.ring` can subclass it while
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
+import time
 from typing import Any, Callable
 
 Handle = Callable[[memoryview], Any]
@@ -16,6 +18,10 @@ Handle = Callable[[memoryview], Any]
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 _STATS = struct.Struct("=II")  # struct tpacket_stats: tp_packets, tp_drops
+DROP_CHECK_S = 1.0  # kernel drops are read this often while packets flow
+DROP_WARN_S = 10.0  # and logged at most this often
+
+log = logging.getLogger("pycopy.capture")
 
 
 class Capture:
@@ -31,6 +37,12 @@ class Capture:
         self._kpackets: int | None = None  # the kernel's count, where it keeps one
         self._drops = 0
         self._closed = False
+        self.plan: Any = None  # a ring's RingPlan (pycopy_engine.io.ringplan)
+        # the fix a drop warning names, e.g. "raise -B"; set by the caller
+        self.drop_hint = "give the capture a larger buffer"
+        self.drop_check_at = 0.0  # monotonic time of the next check_drops()
+        self._drops_warned = 0
+        self._warned_at: float | None = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -50,6 +62,26 @@ class Capture:
             "truncated": self.truncated,
             "read": self._packets,
         }
+
+    def check_drops(self, now: float | None = None) -> int:
+        """Read the kernel's drop counter; log a warning naming ``drop_hint``
+        when it grew (at most once per DROP_WARN_S).  The readers call this
+        at most once per DROP_CHECK_S while packets flow.  Returns the drops
+        not yet warned about."""
+        if now is None:
+            now = time.monotonic()
+        self.drop_check_at = now + DROP_CHECK_S
+        drops = self.kernel_stats()["drops"]
+        new = drops - self._drops_warned
+        if new <= 0 or (self._warned_at is not None and now - self._warned_at < DROP_WARN_S):
+            return new
+        since = "" if self._warned_at is None else " in the last %.0f s" % (now - self._warned_at)
+        log.warning("capture: the kernel dropped %d packet(s)%s (%d in all): the %s cannot hold"
+                    " the backlog while this process is busy; %s", new, since, drops,
+                    "ring" if self.plan is not None else "socket buffer", self.drop_hint)
+        self._drops_warned = drops
+        self._warned_at = now
+        return new
 
     def close(self) -> None:
         if not self._closed:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import mmap
 import socket
 import struct
+from time import monotonic as _monotonic
 
 from pycopy_engine.io.capture_base import SOL_PACKET, Capture, Handle, update_packet_stats
+from pycopy_engine.io.ringplan import plan_v2, plan_v3
 
 PACKET_RX_RING = 5
 PACKET_VERSION = 10
@@ -34,10 +36,6 @@ _T3HDR = struct.Struct("=I8xII4x2xH")
 # struct tpacket_hdr_v1 at offset 8 of a block: block_status, num_pkts, offset_to_first_pkt
 _V3BLK = struct.Struct("=III")
 _ZERO4 = b"\0\0\0\0"
-
-
-def _align(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
 
 
 class _MmapRing(Capture):
@@ -122,6 +120,8 @@ class PacketRingCapture(_MmapRing):
         finally:
             self._idx = i
             self._packets += n
+        if n and _monotonic() >= self.drop_check_at:
+            self.check_drops()
         return n
 
 
@@ -195,6 +195,8 @@ class PacketRingV3Capture(_MmapRing):
         finally:
             self._blk, self._left, self._off = b, left, off
             self._packets += n
+        if n and _monotonic() >= self.drop_check_at:
+            self.check_drops()
         return n
 
 
@@ -207,19 +209,12 @@ def ring_v2(
     max_batch: int,
 ) -> PacketRingCapture:
     sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-    if frame_size is None:
-        frame_size = _align(NETOFF_DGRAM + snaplen, 16)
-    frame_size = max(_align(frame_size, 16), NETOFF_DGRAM + 16)
-    page = mmap.PAGESIZE
-    if block_size is None:
-        # 128 KB blocks for small frames; one page-rounded frame per block for
-        # big ones (a 64 KB frame in a 128 KB block would waste half of it)
-        block_size = 1 << 17 if frame_size * 4 <= 1 << 17 else _align(frame_size, page)
-    block_size = _align(max(block_size, frame_size), page)
-    if ring_bytes is None:
-        ring_bytes = (64 << 20) if frame_size > 4096 else (16 << 20)
-    block_nr = max(1, ring_bytes // block_size)
-    return PacketRingCapture(sock, snaplen, frame_size, block_size, block_nr, max_batch)
+    plan = plan_v2(snaplen, ring_bytes, frame_size, block_size, mmap.PAGESIZE)
+    cap = PacketRingCapture(
+        sock, snaplen, plan.frame_size, plan.block_size, plan.block_nr, max_batch
+    )
+    cap.plan = plan
+    return cap
 
 
 def ring_v3(
@@ -227,18 +222,13 @@ def ring_v3(
     snaplen: int,
     ring_bytes: int | None,
     block_size: int | None,
-    tov_ms: int,
+    tov_ms: int | None,
     max_batch: int,
 ) -> PacketRingV3Capture:
     sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-    if ring_bytes is None:
-        ring_bytes = 32 << 20
-    if block_size is None:
-        # small blocks, many of them: with the retire timer a block is handed
-        # over after tov_ms even when nearly empty, so at moderate rates the
-        # ring holds block_nr x tov_ms of traffic, whatever the block size
-        block_size = 1 << 17
-    # a block must hold the largest packet: its header, sockaddr_ll and the data
-    block_size = _align(max(block_size, snaplen + 256), mmap.PAGESIZE)
-    block_nr = max(2, ring_bytes // block_size)
-    return PacketRingV3Capture(sock, snaplen, block_size, block_nr, max(1, tov_ms), max_batch)
+    plan = plan_v3(snaplen, 32 << 20 if ring_bytes is None else ring_bytes, block_size, tov_ms,
+                   mmap.PAGESIZE)
+    cap = PacketRingV3Capture(sock, snaplen, plan.block_size, plan.block_nr, plan.tov_ms,
+                              max_batch)
+    cap.plan = plan
+    return cap

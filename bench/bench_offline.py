@@ -1,0 +1,109 @@
+"""Engine throughput: offline replay of a large capture at top speed into a
+discard sink (issue 13).  Prints requests/s per core; not a test.
+
+    python3 bench/bench_offline.py [--requests 100000] [--keep FILE.pcap]
+
+A capture of simulated client sessions (keep-alive: 100 requests per
+connection; short: one) is written to a pcap file first, together with the
+answer records a target gave in a first pass.  The timed part is what
+``tcpcopy --pcap FILE -a <huge>`` does per packet: read the file
+(io.pcapfile), pace it (core.offline.Replay, every packet due at once) and
+run the session engine; each packet the engine sends is discarded and the
+target's answer records are fed back as soon as the packet that caused them
+was handled (an instant target that costs nothing), so the figure is the
+engine's own ceiling, no target or intercept on the same cores.  CPU time is
+the process's (``time.process_time``): requests per CPU-second = requests/s
+per core.  The replay is checked: it must send every request of the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_engine import ONLINE, TARGET, record_trace  # noqa: E402
+from pycopy_engine.core.engine import Engine, EngineConfig  # noqa: E402
+from pycopy_engine.core.mapping import TargetMap  # noqa: E402
+from pycopy_engine.core.offline import Replay  # noqa: E402
+from pycopy_engine.io.pcapfile import PcapReader, PcapWriter  # noqa: E402
+
+BATCH = 4096  # packets per Replay.due() call, as tcpcopy's timer handler takes them
+
+
+def write_capture(trace, path: str) -> list[list[bytes]]:
+    """The captured packets into ``path``; returns, per packet, the answer
+    records that followed it in the first pass."""
+    answers: list[list[bytes]] = []
+    with PcapWriter(path) as w:
+        for kind, data, ts in trace:
+            if kind == "c":
+                w.write(1.7e9 + ts, data)
+                answers.append([])
+            elif answers:
+                answers[-1].append(data)
+    return answers
+
+
+def replay_file(path: str, answers: list[list[bytes]]) -> tuple[float, float, Engine]:
+    """Top-speed replay of ``path``; returns (CPU seconds, wall seconds, engine)."""
+    eng = Engine(EngineConfig(maps=[TargetMap(ONLINE, 80, TARGET, 80)], seed=1))
+    on_capture, on_record, take = eng.on_capture, eng.on_record, eng.take_output
+    rp = Replay(lambda: PcapReader(path), rounds=1, speed=1e9)
+    clock = time.monotonic
+    c0, w0 = time.process_time(), clock()
+    rp.start(w0)
+    i = 0
+    while not rp.done:
+        now = clock()
+        due = rp.due(now + 1e6, BATCH)  # everything is due: top speed
+        for _rnd, _ts, pkt in due:
+            on_capture(pkt, now)
+            take()  # the discard sink
+            for rec in answers[i]:
+                on_record(rec, now)
+            take()
+            i += 1
+    return time.process_time() - c0, clock() - w0, eng
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many replays")
+    ap.add_argument("--keep", help="write the keep-alive capture here (kept)")
+    args = ap.parse_args()
+    from pycopy_engine.cli.common import tune_gc
+
+    tune_gc()  # as the commands do
+    tmp = tempfile.mkdtemp(prefix="pycopy-bench-offline-")
+    try:
+        for name, per in (("keep-alive (100 req/conn)", 100), ("short (1 req/conn)", 1)):
+            trace, reqs = record_trace(max(1, args.requests // per), per)
+            path = args.keep if (args.keep and per == 100) else os.path.join(tmp, f"{per}.pcap")
+            answers = write_capture(trace, path)
+            best_cpu = best_wall = float("inf")
+            for _ in range(args.repeat):
+                cpu, wall, eng = replay_file(path, answers)
+                sent = eng.stats.c["requests_sent"]
+                if sent != reqs:
+                    sys.exit(f"bench: the replay sent {sent} of {reqs} requests")
+                best_cpu, best_wall = min(best_cpu, cpu), min(best_wall, wall)
+            mb = os.path.getsize(path) / 1e6
+            print(f"{name:<26} {reqs} requests, {len(answers)} packets ({mb:.1f} MB pcap): "
+                  f"{reqs / best_cpu:,.0f} requests/s per core "
+                  f"({len(answers) / best_cpu:,.0f} packets/s; wall {reqs / best_wall:,.0f}/s)")
+    finally:
+        for f in Path(tmp).iterdir():
+            f.unlink()
+        os.rmdir(tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
