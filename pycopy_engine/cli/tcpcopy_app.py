@@ -128,8 +128,13 @@ class TcpCopyApp:
         now = self.loop.time()
         on_capture = self.engine.on_capture
         if self.delay is not None:  # --delay: the engine sees the packet later
+            # each packet's own clock reading, taken after the read: ``now`` comes
+            # before the recvmmsg, and a packet that arrived in between (a softirq
+            # or preemption can make that a fraction of a millisecond) would be
+            # held that much less than the delay
             push = self.delay.push
-            n = self.capture.read_batch(lambda pkt: push(bytes(pkt), now))
+            clock = self.loop.time
+            n = self.capture.read_batch(lambda pkt: push(bytes(pkt), clock()))
         else:
             n = self.capture.read_batch(lambda pkt: on_capture(pkt, now))
         if n:

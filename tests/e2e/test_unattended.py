@@ -181,11 +181,21 @@ class Sniffer:
 
 
 def _favour(*procs) -> None:
-    """Timing tests share two cores with other jobs: run tcpcopy and intercept
-    (both event-driven, never spinning) round-robin real-time, so that the figures
-    are pycopy's and not the neighbours' load (time-sharing slices are ~4 ms)."""
+    """Timing tests share two cores with other jobs: run tcpcopy, intercept and
+    the target's HTTP server (all event- or thread-driven, never spinning)
+    round-robin real-time, so that the figures are pycopy's and not the
+    neighbours' load (time-sharing slices are ~4 ms).  The server's threads
+    for new connections inherit the policy; _unfavour() gives the main one back."""
     for p in procs:
         os.sched_setscheduler(p.proc.pid, os.SCHED_RR, os.sched_param(10))
+
+
+def _unfavour(*procs) -> None:
+    for p in procs:
+        try:
+            os.sched_setscheduler(p.proc.pid, os.SCHED_OTHER, os.sched_param(0))
+        except ProcessLookupError:
+            pass
 
 
 def _wait_seen(sniffer: Sniffer, tag: str, n: int, timeout: float = 15.0) -> dict:
@@ -208,7 +218,7 @@ def test_delay_target_sees_each_request_later_by_the_delay(lab, http_servers, wo
     ic = intercept(lab, workdir, name=f"ic-delay-{mode}")
     tc = tcpcopy(lab, workdir, extra=["--delay", "50ms"], name=f"tc-delay-{mode}")
     tag = f"d50{mode[0]}"
-    _favour(ic, tc)
+    _favour(ic, tc, http_servers["target"])
     sniff = {h: Sniffer(lab, h, workdir, f"sniff-{tag}-{h}") for h in ("online", "target")}
     try:
         client, out = _client(lab, workdir, tag, 300, 3, mode, 0.02)
@@ -217,6 +227,7 @@ def test_delay_target_sees_each_request_later_by_the_delay(lab, http_servers, wo
         seen = {h: _wait_seen(sn, tag, 300) for h, sn in sniff.items()}
         st = tc.stats()
     finally:
+        _unfavour(http_servers["target"])
         for sn in sniff.values():
             sn.stop()
         tc.stop()
