@@ -210,7 +210,7 @@ def test_rewrite_applies_to_forwarded_records():
 def test_large_batches_are_split_into_bounded_datagrams():
     c = Cluster(2)
     keys = [key(i) for i in range(3000)]
-    for i, k in enumerate(keys):
+    for k in keys:
         c.client_add(0, k, link=1)
     dgs = c.shares[0].datagrams()
     assert len(dgs) > 1 and all(len(d) <= 32 * 1024 + HEAD.size for _, d in dgs)

@@ -1,0 +1,84 @@
+"""intercept --workers 2 in the four-namespace lab: the answers of a session
+are captured by whichever worker the fanout hash picks, its CLIENT_ADD
+arrives on the worker holding the tcpcopy link; every request must still be
+replayed exactly once, and the cross-worker path must have carried answers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.lab.services import logged_keys, run_client, sent_keys
+
+from .procs import intercept, tcpcopy
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture()
+def procs():
+    started = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+
+
+def _mixed(lab, logs, tag: str, n: int = 400):
+    ka = run_client(lab, requests=n, connections=8, mode="keepalive", tag=tag + "ka")
+    sc = run_client(lab, requests=n, connections=8, mode="close", tag=tag + "sc")
+    assert ka["ok"] == n and sc["ok"] == n, (ka["errors"][:3], sc["errors"][:3])
+    sent = sorted(sent_keys(ka) + sent_keys(sc))
+    assert logged_keys(logs("online", 2 * n)) == sent
+    logs("target", 2 * n, 30.0)
+    time.sleep(0.5)  # a duplicate would come now
+    return sent, logs("target")
+
+
+def _check(ic, tc, sent, target, links: int) -> None:
+    assert logged_keys(target) == sent, f"target has {len(target)} of {len(sent)}"
+    st = ic.wait_stat("records_forwarded", 1)
+    assert st > 0, "no answer went from one worker to another: the cross-worker path never ran"
+    s = ic.stats()
+    assert s["workers"] == 2 and s["tcpcopy_links"] == links
+    assert s["routes_broadcast"] == s["route_add"] > 0
+    assert s.get("drop:forwarded_unroutable", 0) == 0
+    t = tc.stats()
+    assert t.get("rst_sent:handshake_timeout", 0) == 0
+
+
+def test_one_link_all_answers_reach_it_through_both_workers(lab, workdir, procs, logs):
+    """pycopy tcpcopy with one control link (as a C tcpcopy started with -C 1):
+    worker 0 holds the link, worker 1 captures about half the answers."""
+    ic = intercept(lab, workdir, extra=["--workers", "2"], name="ic-w2")
+    procs.append(ic)
+    tc = tcpcopy(lab, workdir, extra=["-C", "1"], name="tc-c1")
+    procs.append(tc)
+    sent, target = _mixed(lab, logs, "w1")
+    _check(ic, tc, sent, target, links=1)
+    assert ic.stats().get("links_handed_over", 0) == 0
+
+
+def test_links_spread_over_workers(lab, workdir, procs, logs):
+    """tcpcopy -C 2: worker 0 hands the second link to worker 1, so CLIENT_ADDs
+    arrive on both workers and answers cross in both directions."""
+    ic = intercept(lab, workdir, extra=["--workers", "2"], name="ic-w2b")
+    procs.append(ic)
+    tc = tcpcopy(lab, workdir, extra=["-C", "2"], name="tc-c2")
+    procs.append(tc)
+    sent, target = _mixed(lab, logs, "w2")
+    _check(ic, tc, sent, target, links=2)
+    assert ic.stats()["links_handed_over"] == 1
+
+
+def test_a_worker_that_dies_stops_intercept(lab, workdir, procs):
+    ic = intercept(lab, workdir, extra=["--workers", "2"], name="ic-w2c")
+    procs.append(ic)
+    out = lab.run("assistant", ["pgrep", "-P", str(ic.proc.pid)], check=False).stdout.split()
+    assert len(out) == 2, out
+    lab.run("assistant", ["kill", "-9", out[1]])
+    deadline = time.monotonic() + 10
+    while ic.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ic.proc.returncode == 1
+    assert "exited" in ic.log()
