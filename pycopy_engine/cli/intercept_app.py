@@ -277,13 +277,18 @@ class InterceptApp:
     def run(self) -> int:
         args = self.args
         self.log.log(25, "%s", version_line("intercept"))
-        self.log.log(25, "listening on %s:%d, capture on %s, filter: %s", args.bind, args.port,
-                     args.iface or "all interfaces", args.filter)
+        if self.workers is not None:
+            self.log.log(25, "worker %d of %d: capture on %s (its fanout share), filter: %s",
+                         self.workers.index, self.workers.n, args.iface or "all interfaces",
+                         args.filter)
+        else:
+            self.log.log(25, "listening on %s:%d, capture on %s, filter: %s", args.bind,
+                         args.port, args.iface or "all interfaces", args.filter)
         write_pid(args.pidfile)
         install_stop_signals(self._stop)
         install_log_reopen(self.loop, self.log)
-        if self.listener is not None:
-            self.loop.add_reader(self.listener, self._accept)
+        if self.listener is not None and self.workers is None:
+            self.loop.add_reader(self.listener, self._accept)  # workers: once all capture
         self.loop.add_reader(self.capture.fileno(), self._on_capture)
         self.loop.call_later(1.0, self._expire)
         self.out.start()

@@ -14,7 +14,15 @@ import socket
 from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Tuple
 
 from ..core.router import Key
-from ..core.routeshare import T_LINK, LinkBalancer, Remote, RouteShare, decode_head, encode_link
+from ..core.routeshare import (
+    T_LINK,
+    LinkBalancer,
+    Remote,
+    RouteShare,
+    decode_head,
+    encode_link,
+    encode_ready,
+)
 from ..errors import ProtocolError
 from ..io.channel import Peer
 from ..io.workermesh import Mesh
@@ -35,7 +43,10 @@ class WorkerSide:
         self.link_of: Dict[Peer, int] = {}
         self._links = 0
         self._scheduled = False
+        self.accepting = False
         mesh.attach(index, app.loop, self._message, app.stats)
+        if index:
+            mesh.send(0, encode_ready(index))  # the capture was opened (joined) before
         routes = app.router.routes
         # merged over the workers, each counts the routes of its own links only
         app.stats.add_gauge("routes", lambda: sum(
@@ -128,6 +139,16 @@ class WorkerSide:
                 queue(conn, peers.get(conn), rec)  # type: ignore[arg-type,call-overload]
             app._flush()
         self.schedule()  # records held here for a route just learned go to its owner
+        if not self.accepting and self.index == 0 and len(self.share.ready) == self.n:
+            self.start_accepting()
+
+    def start_accepting(self) -> None:
+        """Worker 0, once every worker's capture is in the fanout group."""
+        app = self.app
+        self.accepting = True
+        if app.listener is not None:
+            app.loop.add_reader(app.listener, app._accept)
+            app.log.log(25, "all %d workers capture: accepting tcpcopy links", self.n)
 
     def close(self) -> None:
         self.flush()
