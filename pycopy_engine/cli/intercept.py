@@ -108,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         daemonize()
     log = setup_logging("intercept", args.log)
     if args.workers > 1:
-        from .intercept_fork import serve
+        from .intercept_workers import serve
 
         try:
             return serve(args, log)

@@ -10,22 +10,20 @@ others' records to their owner, batched once per loop turn.
 
 from __future__ import annotations
 
+import argparse
+import copy
+import logging
+import signal
 import socket
 from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Tuple
 
 from ..core.router import Key
-from ..core.routeshare import (
-    T_LINK,
-    LinkBalancer,
-    Remote,
-    RouteShare,
-    decode_head,
-    encode_link,
-    encode_ready,
-)
+from ..core.routeshare import T_LINK, LinkBalancer, Remote, RouteShare, decode_head, encode_link
+from ..core.stats import Stats
 from ..errors import ProtocolError
-from ..io.channel import Peer
+from ..io.channel import Peer, listen
 from ..io.workermesh import Mesh
+from .common import remove_pid, write_pid
 
 if TYPE_CHECKING:
     from .intercept_app import InterceptApp
@@ -43,10 +41,7 @@ class WorkerSide:
         self.link_of: Dict[Peer, int] = {}
         self._links = 0
         self._scheduled = False
-        self.accepting = False
         mesh.attach(index, app.loop, self._message, app.stats)
-        if index:
-            mesh.send(0, encode_ready(index))  # the capture was opened (joined) before
         routes = app.router.routes
         # merged over the workers, each counts the routes of its own links only
         app.stats.add_gauge("routes", lambda: sum(
@@ -139,13 +134,11 @@ class WorkerSide:
                 queue(conn, peers.get(conn), rec)  # type: ignore[arg-type,call-overload]
             app._flush()
         self.schedule()  # records held here for a route just learned go to its owner
-        if not self.accepting and self.index == 0 and len(self.share.ready) == self.n:
-            self.start_accepting()
 
     def start_accepting(self) -> None:
-        """Worker 0, once every worker's capture is in the fanout group."""
+        """Worker 0, once every worker's capture is in the fanout group (so no
+        flow moves to another worker while sessions run)."""
         app = self.app
-        self.accepting = True
         if app.listener is not None:
             app.loop.add_reader(app.listener, app._accept)
             app.log.log(25, "all %d workers capture: accepting tcpcopy links", self.n)
@@ -153,3 +146,50 @@ class WorkerSide:
     def close(self) -> None:
         self.flush()
         self.mesh.close()
+
+
+def serve(args: argparse.Namespace, log: logging.Logger) -> int:
+    """``intercept --workers N`` (N > 1): the listening socket and the mesh are
+    made here, then io/workers.py forks and supervises the workers and
+    serves the merged ``--metrics`` and ``--stats-json``."""
+    from ..io import workers
+    from .logreopen import reopen_logs
+    from .statsout import GAUGES, HELP
+
+    n = args.workers
+    listener = listen(args.bind, args.port)
+    mesh = Mesh(n)
+    wargs = copy.copy(args)  # the parent serves the statistics and owns the PID file
+    wargs.metrics = wargs.stats_json = wargs.pidfile = None
+
+    def child(index: int) -> int:
+        from .intercept_app import InterceptApp
+
+        w = workers.current()
+        assert w is not None
+        stats = Stats()
+        app = InterceptApp(wargs, stats, log, index=index, mesh=mesh,
+                           listener=listener if index == 0 else None,
+                           fanout_group=w.fanout_group)
+        if index:
+            listener.close()
+        if not w.ready():  # every worker's capture is in the group, or stop
+            return 1
+        w.attach(app.loop, stats.snapshot)
+        app.workers.start_accepting()
+        return app.run()
+
+    sup = workers.Supervisor(
+        n, name="intercept", log=log, metrics_addr=args.metrics, stats_json=args.stats_json,
+        stats_interval=float(args.stats_interval), gauges=GAUGES + ("worker_queue_bytes",),
+        help_text=HELP, merge_rules=None, ready_timeout=60.0, stop_grace=10.0, finish_ok=False,
+        stop_signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+        on_reopen=lambda: reopen_logs() and None)
+    sup.start(child)
+    listener.close()  # the workers have theirs
+    mesh.close()
+    write_pid(args.pidfile)
+    try:
+        return sup.run()
+    finally:
+        remove_pid(args.pidfile)

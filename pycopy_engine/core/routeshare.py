@@ -26,9 +26,7 @@ Datagrams: ``type`` (1 byte), ``sender`` (1 byte), then the body.
 ``ROUTES``: entries of 17 bytes (op, link, client ip, client port, target ip,
 target port), in the order they happened.  ``RECORDS``: 64-byte records.
 ``LINK``: a tcpcopy link handed over by the acceptor (the socket travels as
-SCM_RIGHTS; the body is its name).  ``READY``: the sender's capture has
-joined the fanout group (the acceptor takes links once every worker has, so
-no flow moves to another worker while sessions run).
+SCM_RIGHTS; the body is its name).
 """
 
 from __future__ import annotations
@@ -41,7 +39,7 @@ from ..wire.control import RECORD_SIZE
 from .router import Key, Router
 from .stats import Stats
 
-T_ROUTES, T_RECORDS, T_LINK, T_READY = 1, 2, 3, 4
+T_ROUTES, T_RECORDS, T_LINK = 1, 2, 3
 OP_ADD, OP_DEL, OP_LINK_DOWN = 1, 2, 3
 HEAD = struct.Struct("!BB")
 ENTRY = struct.Struct("!BI4sH4sH")
@@ -66,16 +64,12 @@ def encode_link(sender: int, name: str) -> bytes:
     return HEAD.pack(T_LINK, sender) + name.encode("utf-8", "replace")[:200]
 
 
-def encode_ready(sender: int) -> bytes:
-    return HEAD.pack(T_READY, sender)
-
-
 def decode_head(data: bytes) -> Tuple[int, int]:
     """(type, sender) of a datagram; ProtocolError when it is not one of ours."""
     if len(data) < HEAD.size:
         raise ProtocolError("inter-worker datagram of %d bytes" % len(data))
     kind, sender = HEAD.unpack_from(data, 0)
-    if kind not in (T_ROUTES, T_RECORDS, T_LINK, T_READY) or sender >= MAX_WORKERS:
+    if kind not in (T_ROUTES, T_RECORDS, T_LINK) or sender >= MAX_WORKERS:
         raise ProtocolError("inter-worker datagram of type %d from worker %d" % (kind, sender))
     return kind, sender
 
@@ -101,7 +95,6 @@ class RouteShare:
         self._entries: List[bytes] = []  # to broadcast, in order
         self._records: Dict[int, List[bytes]] = {}  # worker -> records to forward
         self.balancer: Optional[LinkBalancer] = None  # the acceptor's: told of closed links
-        self.ready = {me}  # workers whose capture joined the fanout group
 
     # ------------------------------------------------------------ local events
 
@@ -168,9 +161,6 @@ class RouteShare:
             return []
         if kind == T_RECORDS:
             return self._deliver(data, now)
-        if kind == T_READY:
-            self.ready.add(sender)
-            return []
         raise ProtocolError("a link handover must carry its socket")
 
     def _routes(self, sender: int, data: bytes, now: float) -> None:

@@ -5,6 +5,9 @@ replayed exactly once, and the cross-worker path must have carried answers."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import time
 
 import pytest
@@ -77,16 +80,20 @@ def test_links_spread_over_workers(lab, workdir, procs, logs):
     sent, target = _mixed(lab, logs, "w2")
     _check(ic, tc, sent, target, links=2)
     assert ic.stats()["links_handed_over"] == 1
+    per = json.loads(ic.stats_path.read_text())["per_worker"]
+    for w in ("0", "1"):  # each worker wrote to its own link and forwarded to the other's
+        assert per[w]["counters"]["records_sent"] > 0, per[w]["counters"]
+        assert per[w]["counters"]["records_forwarded"] > 0, per[w]["counters"]
 
 
 def test_a_worker_that_dies_stops_intercept(lab, workdir, procs):
     ic = intercept(lab, workdir, extra=["--workers", "2"], name="ic-w2c")
     procs.append(ic)
-    out = lab.run("assistant", ["pgrep", "-P", str(ic.proc.pid)], check=False).stdout.split()
-    assert len(out) == 2, out
-    lab.run("assistant", ["kill", "-9", out[1]])
-    deadline = time.monotonic() + 10
+    kids = lab.run("assistant", ["pgrep", "-P", str(ic.proc.pid)], check=False).stdout.split()
+    assert len(kids) == 2, kids
+    os.kill(int(kids[1]), signal.SIGKILL)
+    deadline = time.monotonic() + 15
     while ic.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert ic.proc.returncode == 1
-    assert "exited" in ic.log()
+    assert ic.proc.returncode not in (None, 0)
+    assert not os.path.exists(f"/proc/{kids[0]}"), "the other worker was left running"

@@ -299,11 +299,3 @@ def test_every_answer_reaches_its_owner_once_and_in_order(n, data):
     for r in c.routers:
         assert r.stats.c["drop:forwarded_unroutable"] == 0
 
-
-def test_ready_messages_are_collected():
-    share = RouteShare(0, 3, Router())
-    assert share.ready == {0}
-    from pycopy_engine.core.routeshare import encode_ready
-
-    assert share.receive(encode_ready(2), 0.0) == [] and share.receive(encode_ready(1), 0.0) == []
-    assert share.ready == {0, 1, 2}
