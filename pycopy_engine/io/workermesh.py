@@ -120,7 +120,8 @@ class Mesh:
         except OSError as exc:
             if exc.errno in _AGAIN:
                 return False
-            raise
+            # ECONNREFUSED: that worker is gone (the supervisor is stopping us all)
+            self.stats.c["drop:worker_gone"] += 1
         return True
 
     def _writable(self, worker: int) -> None:
