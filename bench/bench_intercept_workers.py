@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +45,17 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def _profile(where, pid: int, nw: int, mode: str, duration: float) -> list:
+    if not where:
+        return []
+    Path(where).mkdir(parents=True, exist_ok=True)
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split() or [str(pid)]
+    return [subprocess.Popen(["py-spy", "record", "-r", "200", "-d", str(int(duration)),
+                              "-f", "raw", "-p", k, "-o", f"{where}/ic-w{nw}-{mode}-{i}.txt"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i, k in enumerate(kids)]
+
+
 def counters(path: Path) -> dict:
     for _ in range(40):
         try:
@@ -60,6 +72,9 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--modes", default="keepalive,close")
     ap.add_argument("--rate", default="max")
+    ap.add_argument("--counts", default=None, help="worker counts to run (1,N)")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="py-spy record (raw stacks) of intercept's processes into DIR")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -77,7 +92,8 @@ def main() -> int:
         o, t, a = lab.ip["online"], lab.ip["target"], lab.ip["assistant"]
         py = [sys.executable, "-m"]
         try:
-            for nw in (1, args.workers):
+            counts = [int(x) for x in (args.counts or "1,%d" % args.workers).split(",")]
+            for nw in counts:
                 stats = work / f"ic-{nw}.json"
                 ic = lab.popen("assistant", [
                     *py, "pycopy_engine.cli.intercept", "-i", "eth0", "-F", "tcp and src port 80",
@@ -96,11 +112,14 @@ def main() -> int:
                         on0 = lines(work / "access-online.log")
                         ta0 = lines(work / "access-target.log")
                         c0, k0 = tree_cpu(ic.pid), counters(stats)
+                        spies = _profile(args.profile, ic.pid, nw, mode, args.duration)
                         t0 = time.monotonic()
                         lab.run("client", wrk_argv(mode, args.rate, args, f"http://{o}/",
                                                    work / "rate.lua"),
                                 check=False, timeout=args.duration + 60)
                         elapsed = time.monotonic() - t0
+                        for spy in spies:
+                            spy.wait(30)
                         on1 = wait_stable(work / "access-online.log")
                         ta1 = wait_stable(work / "access-target.log")
                         time.sleep(1.0)

@@ -14,7 +14,7 @@ import pytest
 
 from tests.lab.services import logged_keys, run_client, sent_keys
 
-from .procs import intercept, tcpcopy
+from .procs import Proc, intercept, tcpcopy
 from .test_interop_c import C_TOOLS, CProc
 
 pytestmark = pytest.mark.lab
@@ -73,14 +73,24 @@ def test_one_link_all_answers_reach_it_through_both_workers(lab, workdir, procs,
 
 def test_links_spread_over_workers(lab, workdir, procs, logs):
     """tcpcopy -C 2: worker 0 hands the second link to worker 1, so CLIENT_ADDs
-    arrive on both workers and answers cross in both directions."""
-    ic = intercept(lab, workdir, extra=["--workers", "2"], name="ic-w2b")
+    arrive on both workers and answers cross in both directions; each worker
+    checks the shared secret of the links it holds."""
+    secret = workdir / "secret-w2"
+    secret.write_text("correct horse battery staple\n")
+    ic = intercept(lab, workdir, extra=["--workers", "2", "--secret-file", str(secret)],
+                   name="ic-w2b")
     procs.append(ic)
-    tc = tcpcopy(lab, workdir, extra=["-C", "2"], name="tc-c2")
+    bare = Proc(lab, "online", "tcpcopy", ["-x", f"80-{lab.ip['target']}:80", "-s",
+                                           lab.ip["assistant"], "-C", "2"], workdir,
+                "tc-nosecret-w2", ready=False)
+    procs.append(bare)
+    assert bare.proc.wait(timeout=20) == 1, bare.log()  # refused by both workers
+    assert ic.wait_stat("control_refused:auth", 2) == 2
+    tc = tcpcopy(lab, workdir, extra=["-C", "2", "--secret-file", str(secret)], name="tc-c2")
     procs.append(tc)
     sent, target = _mixed(lab, logs, "w2")
     _check(ic, tc, sent, target, links=2)
-    assert ic.stats()["links_handed_over"] == 1
+    assert ic.stats()["links_handed_over"] == 2  # one of the refused pair, one of these
     per = json.loads(ic.stats_path.read_text())["per_worker"]
     for w in ("0", "1"):  # each worker wrote to its own link and forwarded to the other's
         assert per[w]["counters"]["records_sent"] > 0, per[w]["counters"]
