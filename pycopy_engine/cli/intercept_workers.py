@@ -18,7 +18,15 @@ import socket
 from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Tuple
 
 from ..core.router import Key
-from ..core.routeshare import T_LINK, LinkBalancer, Remote, RouteShare, decode_head, encode_link
+from ..core.routeshare import (
+    HEAD,
+    T_LINK,
+    LinkBalancer,
+    Remote,
+    RouteShare,
+    decode_head,
+    encode_link,
+)
 from ..core.stats import Stats
 from ..errors import ProtocolError
 from ..io.channel import Peer, listen
@@ -109,7 +117,7 @@ class WorkerSide:
         self._scheduled = False
         send = self.mesh.send
         for w, dg in self.share.datagrams():
-            send(w, dg)
+            send(w, dg, None, HEAD.size)  # route and record datagrams may be merged
 
     def _message(self, data: bytes, sock: Optional[socket.socket]) -> None:
         app = self.app

@@ -28,7 +28,8 @@ from .loop import Loop
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 BUF = 4 << 20
-RECV_MAX = 64 * 1024
+RECV_MAX = 256 * 1024
+MERGE_MAX = 192 * 1024  # the largest datagram made of queued ones (below RECV_MAX and BUF)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
 _ANC = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
 
@@ -91,14 +92,28 @@ class Mesh:
 
     # ------------------------------------------------------------ sending
 
-    def send(self, worker: int, data: bytes, fd: Optional[int] = None) -> bool:
-        """Send (or queue) one datagram to ``worker``; False when dropped."""
+    def send(self, worker: int, data: bytes, fd: Optional[int] = None,
+             merge: int = 0) -> bool:
+        """Send (or queue) one datagram to ``worker``; False when dropped.
+
+        ``merge`` = n > 0: the datagram is an n-byte head and a body that may
+        be appended to a queued datagram with the same head (the receiver's
+        queue is short: ``net.unix.max_dgram_qlen`` datagrams, 10 by default),
+        up to MERGE_MAX bytes."""
         q = self._queues[worker]
         if not q and self._try(worker, data, fd):
             return True
         if self._queued[worker] + len(data) > self.max_queued:
             self.stats.c["drop:worker_queue_full"] += 1
             return False
+        if merge and q and fd is None:
+            last, last_fd = q[-1]
+            if (last_fd is None and last[:merge] == data[:merge]
+                    and len(last) + len(data) - merge <= MERGE_MAX):
+                q[-1] = (last + data[merge:], None)
+                self._queued[worker] += len(data) - merge
+                self.stats.c["worker_sends_merged"] += 1
+                return True
         if fd is not None:
             fd = os.dup(fd)  # the caller closes its own copy
         if not q:

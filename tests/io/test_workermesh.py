@@ -93,3 +93,27 @@ def test_a_gone_worker_is_counted_not_raised():
     finally:
         mesh.close()
         loop.close()
+
+
+def test_queued_datagrams_with_the_same_head_are_merged_in_order():
+    loop, mesh, got, stats = _mesh()
+    try:
+        n = 0
+        while mesh.queued_bytes == 0:  # fill the inbox
+            mesh.send(0, b"F" + bytes(59999))
+            n += 1
+        for i in range(20):
+            assert mesh.send(0, b"RS" + bytes([i]) * 100, None, 2)
+        assert mesh.send(0, b"LS" + b"x", None, 2)  # another head: its own datagram
+        assert mesh.send(0, b"RS" + b"\xff" * 100, None, 2)
+        assert stats.c["worker_sends_merged"] == 19
+        for _ in range(200):
+            loop.run_once(0.01)
+            if mesh.queued_bytes == 0 and len(got) >= n + 3:
+                break
+        tail = [d for d, _s in got if not d.startswith(b"F")]
+        assert tail == [b"RS" + b"".join(bytes([i]) * 100 for i in range(20)), b"LSx",
+                        b"RS" + b"\xff" * 100]
+    finally:
+        mesh.close()
+        loop.close()
