@@ -112,6 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         try:
             return serve(args, log)
+        except PycopyError as exc:  # e.g. --metrics that cannot be served
+            log.error("%s", exc)
+            die(str(exc), 1)
         except OSError as exc:
             log.error("%s", exc)
             die("cannot listen on %s:%d: %s" % (args.bind, args.port, exc.strerror or exc), 1)
