@@ -29,6 +29,9 @@ def procs():
 
 
 def _mixed(lab, logs, tag: str, n: int = 400):
+    """Keep-alive and short connections; (requests sent, the target's log,
+    segments the target sent meanwhile)."""
+    segs0 = _out_segs(lab)
     ka = run_client(lab, requests=n, connections=8, mode="keepalive", tag=tag + "ka")
     sc = run_client(lab, requests=n, connections=8, mode="close", tag=tag + "sc")
     assert ka["ok"] == n and sc["ok"] == n, (ka["errors"][:3], sc["errors"][:3])
@@ -36,22 +39,31 @@ def _mixed(lab, logs, tag: str, n: int = 400):
     assert logged_keys(logs("online", 2 * n)) == sent
     logs("target", 2 * n, 30.0)
     time.sleep(0.5)  # a duplicate would come now
-    return sent, logs("target")
+    return sent, logs("target"), _out_segs(lab) - segs0
 
 
-def _check(ic, tc, sent, target, links: int) -> None:
+def _out_segs(lab) -> int:
+    """TCP segments the target's stack has sent, retransmissions included (its
+    answers, all routed via the assistant)."""
+    snmp = lab.run("target", ["cat", "/proc/net/snmp"]).stdout.splitlines()
+    head, vals = [ln.split() for ln in snmp if ln.startswith("Tcp:")][:2]
+    return int(vals[head.index("OutSegs")]) + int(vals[head.index("RetransSegs")])
+
+
+def _check(ic, tc, sent, target, segs: int, links: int) -> None:
     assert logged_keys(target) == sent, f"target has {len(target)} of {len(sent)}"
     st = ic.wait_stat("records_forwarded", 1)
     assert st > 0, "no answer went from one worker to another: the cross-worker path never ran"
-    # every answer captured by either worker was written to a link once (a record
-    # lost on the way is covered by a retransmission, so fidelity alone misses it)
+    # every answer the target sent was captured by one worker (not both, not none)
+    # and written to a link once (a record lost on the way is covered by a
+    # retransmission, so fidelity alone would miss it)
     deadline = time.monotonic() + 5
     while True:
         s = ic.stats()
-        if s["records_sent"] == s["resp_packets"] or time.monotonic() > deadline:
+        if s["records_sent"] == s["resp_packets"] == segs or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert s["records_sent"] == s["resp_packets"] > 0
+    assert (s["resp_packets"], s["records_sent"]) == (segs, segs)
     assert s["workers"] == 2 and s["tcpcopy_links"] == links
     assert s["routes_broadcast"] == s["route_add"] > 0
     assert s.get("drop:forwarded_unroutable", 0) == 0
@@ -66,8 +78,7 @@ def test_one_link_all_answers_reach_it_through_both_workers(lab, workdir, procs,
     procs.append(ic)
     tc = tcpcopy(lab, workdir, extra=["-C", "1"], name="tc-c1")
     procs.append(tc)
-    sent, target = _mixed(lab, logs, "w1")
-    _check(ic, tc, sent, target, links=1)
+    _check(ic, tc, *_mixed(lab, logs, "w1"), links=1)
     assert ic.stats().get("links_handed_over", 0) == 0
 
 
@@ -88,8 +99,7 @@ def test_links_spread_over_workers(lab, workdir, procs, logs):
     assert ic.wait_stat("control_refused:auth", 2) == 2
     tc = tcpcopy(lab, workdir, extra=["-C", "2", "--secret-file", str(secret)], name="tc-c2")
     procs.append(tc)
-    sent, target = _mixed(lab, logs, "w2")
-    _check(ic, tc, sent, target, links=2)
+    _check(ic, tc, *_mixed(lab, logs, "w2"), links=2)
     assert ic.stats()["links_handed_over"] == 2  # one of the refused pair, one of these
     per = json.loads(ic.stats_path.read_text())["per_worker"]
     for w in ("0", "1"):  # each worker wrote to its own link and forwarded to the other's
@@ -106,8 +116,7 @@ def test_c_tcpcopy_served_by_two_workers(lab, workdir, procs, logs):
     ctc = CProc(lab, "online", "tcpcopy", ["-x", f"80-{t}:80", "-s", a], workdir,
                 "c-tcpcopy-w2", ready_line="connect to remote server")
     procs.append(ctc)
-    sent, target = _mixed(lab, logs, "wc")
-    _check(ic, None, sent, target, links=2)
+    _check(ic, None, *_mixed(lab, logs, "wc"), links=2)
 
 
 def test_a_worker_that_dies_stops_intercept(lab, workdir, procs):
