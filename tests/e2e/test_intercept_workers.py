@@ -119,6 +119,37 @@ def test_c_tcpcopy_served_by_two_workers(lab, workdir, procs, logs):
     _check(ic, None, *_mixed(lab, logs, "wc"), links=2)
 
 
+def test_compare_answers_come_from_the_worker_holding_each_link(lab, workdir, procs, logs):
+    """tcpcopy --compare -C 2: each worker holding a link that asks for whole
+    answers captures them (no fanout) and sends those of its own routes."""
+    out = workdir / "compare-w2"
+    ic = intercept(lab, workdir, extra=["--workers", "2"], name="ic-w2-cmp")
+    procs.append(ic)
+    tc = tcpcopy(lab, workdir, extra=["-C", "2", "--compare", str(out)], name="tc-w2-cmp")
+    procs.append(tc)
+    ka = run_client(lab, requests=60, connections=4, mode="keepalive", kind="dyn", tag="wcka")
+    sc = run_client(lab, requests=30, connections=4, mode="close", kind="download",
+                    download_size=30000, tag="wcsc")
+    assert ka["ok"] == 60 and sc["ok"] == 30
+    target = {r["path"]: r for r in logs("target", 90, 20.0)}
+    assert tc.wait_stat("compare_records", 90, timeout=15) >= 90
+    tc.stop()
+    st = tc.stats()
+    assert st["compare_records"] == 90 and st["compare_timeouts"] == 0
+    recs = []
+    for f in sorted(out.glob("compare-*.jsonl")):
+        recs += [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+    tlabel = "%s:80" % lab.ip["target"]
+    assert len(recs) == 90
+    for r in recs:
+        a, t = r["answers"][tlabel], target[r["req"]["path"]]
+        assert a is not None and (a["status"], a["size"]) == (t["status"], t["resp_len"]), r
+    assert ic.stats()["records_forwarded"] > 0
+    log = ic.log()
+    assert "[worker 0] capturing whole answers" in log
+    assert "[worker 1] capturing whole answers" in log
+
+
 def test_a_worker_that_dies_stops_intercept(lab, workdir, procs):
     ic = intercept(lab, workdir, extra=["--workers", "2"], name="ic-w2c")
     procs.append(ic)
