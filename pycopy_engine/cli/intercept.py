@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
       default=1 << 20, help="route table bound (1048576)")
     a("--peer-buffer", type=opt_type("--peer-buffer", int_range(16), "bad size"), default=8192,
       help="KB queued for one slow tcpcopy before its records are dropped (8192)")
+    a("--workers", type=opt_type("--workers", int_range(1, 64), "must be 1..64"), default=1,
+      help="worker processes sharing the capture by flow (PACKET_FANOUT) and the tcpcopy "
+      "links; answers are routed to the worker whose link registered them (1)")
     add_common_options(a, "assistant")
     a("-v", "--version", action="version", version=version_line("intercept"))
     return p
@@ -104,6 +107,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         daemonize()
     log = setup_logging("intercept", args.log)
+    if args.workers > 1:
+        from .intercept_workers import serve
+
+        try:
+            return serve(args, log)
+        except PycopyError as exc:  # e.g. --metrics that cannot be served
+            log.error("%s", exc)
+            die(str(exc), 1)
+        except OSError as exc:
+            log.error("%s", exc)
+            die("cannot listen on %s:%d: %s" % (args.bind, args.port, exc.strerror or exc), 1)
     from .intercept_app import InterceptApp
 
     try:

@@ -7,14 +7,16 @@ import argparse
 import functools
 import ipaddress
 import logging
+import socket
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..core.router import Combiner, Router
+from ..core.routeshare import Remote
 from ..core.stats import Stats
 from ..errors import ProtocolError, WireError
-from ..io.capture import open_packet_capture
+from ..io.capture import FANOUT_DEFAULT_MODE, open_packet_capture
 from ..io.channel import Peer, listen
 from ..io.loop import Loop
 from ..wire.control import (
@@ -42,7 +44,13 @@ AUTH_WAIT = 3.0  # seconds a new connection has to prove the shared secret  # a 
 
 
 class InterceptApp:
-    def __init__(self, args: argparse.Namespace, stats: Stats, log: logging.Logger) -> None:
+    """One intercept process, or one worker of ``--workers`` (``mesh`` given:
+    worker ``index`` of ``mesh.n``, capturing its share of fanout group
+    ``fanout_group``; ``listener`` only in worker 0, which accepts)."""
+
+    def __init__(self, args: argparse.Namespace, stats: Stats, log: logging.Logger,
+                 index: int = 0, mesh: Any = None, listener: Optional[socket.socket] = None,
+                 fanout_group: int = 0) -> None:
         self.args = args
         self.stats = stats
         self.log = log
@@ -52,8 +60,9 @@ class InterceptApp:
         self.dirty: List[Peer] = []
         self.combined = not args.uncombined
         ifaces = [i for i in (args.iface or "").split(",") if i] or None
-        self.capture = open_packet_capture(ifaces, args.bpf, snaplen=SNAPLEN)
-        self.listener = listen(args.bind, args.port)
+        fanout = (fanout_group, FANOUT_DEFAULT_MODE) if mesh is not None else None
+        self.capture = open_packet_capture(ifaces, args.bpf, snaplen=SNAPLEN, fanout=fanout)
+        self.listener = listener if mesh is not None else listen(args.bind, args.port)
         self.allow = args.allow
         self.rewrite = args.rewrite
         self.secret = read_secret(args.secret_file)
@@ -61,6 +70,11 @@ class InterceptApp:
         self.exit_status = 0
         self.expire_ticks = 0
         self.ext = AnswerPayloads(self)  # the pycopy extension (cli/intercept_ext.py)
+        self.workers: Any = None
+        if mesh is not None:
+            from .intercept_workers import WorkerSide
+
+            self.workers = WorkerSide(self, index, mesh.n, mesh)
         stats.add_gauge("tcpcopy_links", lambda: len(self.peers))
         stats.add_gauge("capture_kernel_drops", lambda: self.capture.kernel_stats().get("drops", 0))
         self.out = StatsOutput(self.loop, "intercept", stats, log, self._stat_lines, args)
@@ -68,6 +82,7 @@ class InterceptApp:
     # ------------------------------------------------------------ control side
 
     def _accept(self) -> None:
+        assert self.listener is not None
         for _ in range(64):
             try:
                 sock, addr = self.listener.accept()
@@ -82,14 +97,23 @@ class InterceptApp:
                 self.log.warning("refused control connection from %s:%d (not in --allow)", *addr)
                 sock.close()
                 continue
-            peer = Peer(self.loop, sock, "%s:%d" % addr, self._data, self._closed, self.stats,
-                        max_out=self.args.peer_buffer << 10)
-            peer.tag = ClientMsgDecoder()
-            self.peers[peer] = Combiner()
             self.stats.c["control_accepted"] += 1
-            self.log.info("it adds fd:%d (tcpcopy %s)", peer.fd, peer.name)
-            if self.secret is not None:
-                self.loop.call_later(AUTH_WAIT, functools.partial(self._auth_deadline, peer))
+            name = "%s:%d" % addr
+            if self.workers is not None and self.workers.hand_over(sock, name):
+                continue
+            self.adopt(sock, name)
+
+    def adopt(self, sock: socket.socket, name: str) -> None:
+        """Serve one accepted tcpcopy link (here, or handed over by worker 0)."""
+        peer = Peer(self.loop, sock, name, self._data, self._closed, self.stats,
+                    max_out=self.args.peer_buffer << 10)
+        peer.tag = ClientMsgDecoder()
+        self.peers[peer] = Combiner()
+        if self.workers is not None:
+            self.workers.adopted(peer)
+        self.log.info("it adds fd:%d (tcpcopy %s)", peer.fd, peer.name)
+        if self.secret is not None:
+            self.loop.call_later(AUTH_WAIT, functools.partial(self._auth_deadline, peer))
 
     def _auth_deadline(self, peer: Peer) -> None:
         if not peer.closed and not peer.authed:
@@ -133,17 +157,22 @@ class InterceptApp:
             self.ext.negotiate(peer, dec.ext)
         now = self.loop.time()
         comb = self.peers.get(peer)
+        workers = self.workers
         for m in msgs:
             if m.type == MSG_CLIENT_ADD and not (m.clt_ip == b"\0\0\0\0" and m.clt_port == 0):
-                for rec in self.router.add((m.clt_ip, m.clt_port, m.target_ip, m.target_port),
-                                           peer, now):
+                key = (m.clt_ip, m.clt_port, m.target_ip, m.target_port)
+                for rec in self.router.add(key, peer, now):
                     self._queue(peer, comb, rec)
+                if workers is not None:
+                    workers.client_add(peer, key)
         self._flush()
 
     def _closed(self, peer: Peer, reason: str) -> None:
         self.peers.pop(peer, None)
         self.ext.drop(peer)
         n = self.router.drop_conn(peer)
+        if self.workers is not None:
+            self.workers.closed(peer)
         self.log.info("release tunnel resources, tcpcopy %s (%s), %d route(s) dropped",
                       peer.name, reason, n)
 
@@ -156,6 +185,7 @@ class InterceptApp:
         peers = self.peers
         queue = self._queue
         rewrite = self.rewrite
+        forward = self.workers.forward if self.workers is not None else None
 
         def handle(pkt) -> None:
             c["all_packets"] += 1
@@ -179,6 +209,8 @@ class InterceptApp:
                 comb = peers.get(peer)
                 if comb is not None:
                     queue(peer, comb, rec)
+                elif forward is not None and peer.__class__ is Remote:
+                    forward(peer.worker, rec)  # another worker's link: sent once per turn
 
         if self.capture.read_batch(handle):
             self._flush()
@@ -220,7 +252,9 @@ class InterceptApp:
     def _expire(self) -> None:
         now = self.loop.time()
         self.expire_ticks += 1  # idle routes need a full scan: once a minute
-        self.router.expire(now, routes=self.expire_ticks % 60 == 0)
+        stale = self.router.expire(now, routes=self.expire_ticks % 60 == 0)
+        if stale and self.workers is not None:
+            self.workers.expired(stale)
         self.loop.call_later(1.0, self._expire)
 
     def _stop(self, signum: int) -> None:
@@ -243,12 +277,18 @@ class InterceptApp:
     def run(self) -> int:
         args = self.args
         self.log.log(25, "%s", version_line("intercept"))
-        self.log.log(25, "listening on %s:%d, capture on %s, filter: %s", args.bind, args.port,
-                     args.iface or "all interfaces", args.filter)
+        if self.workers is not None:
+            self.log.log(25, "worker %d of %d: capture on %s (its fanout share), filter: %s",
+                         self.workers.index, self.workers.n, args.iface or "all interfaces",
+                         args.filter)
+        else:
+            self.log.log(25, "listening on %s:%d, capture on %s, filter: %s", args.bind,
+                         args.port, args.iface or "all interfaces", args.filter)
         write_pid(args.pidfile)
         install_stop_signals(self._stop)
         install_log_reopen(self.loop, self.log)
-        self.loop.add_reader(self.listener, self._accept)
+        if self.listener is not None and self.workers is None:
+            self.loop.add_reader(self.listener, self._accept)  # workers: once all capture
         self.loop.add_reader(self.capture.fileno(), self._on_capture)
         self.loop.call_later(1.0, self._expire)
         self.out.start()
@@ -260,7 +300,10 @@ class InterceptApp:
             for peer in list(self.peers):
                 peer.close("shutdown")
             self.ext.close()
-            self.listener.close()
+            if self.workers is not None:
+                self.workers.close()
+            if self.listener is not None:
+                self.listener.close()
             self.capture.close()
             remove_pid(args.pidfile)
         return self.exit_status

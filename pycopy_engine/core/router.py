@@ -47,10 +47,14 @@ class Router:
         self.stats.add_gauge("delayed_records", lambda: self.n_delayed)
         self.stats.add_gauge("early_records", lambda: self.n_early)
 
-    def add(self, key: Key, conn: Hashable, now: float) -> List[bytes]:
-        """CLIENT_ADD: route ``key`` to ``conn``; returns records that were waiting for it."""
+    def add(self, key: Key, conn: Hashable, now: float,
+            counter: str = "route_add") -> List[bytes]:
+        """CLIENT_ADD: route ``key`` to ``conn``; returns records that were waiting for it.
+
+        ``counter`` names what is counted (intercept's workers count the
+        routes they learn from each other apart from their own CLIENT_ADDs)."""
         c = self.stats.c
-        c["route_add"] += 1
+        c[counter] += 1
         routes = self.routes
         entry = routes.get(key)
         if entry is not None:
@@ -107,6 +111,14 @@ class Router:
             c["early"] += 1
         return None
 
+    def remove(self, key: Key, conn: Hashable) -> bool:
+        """Forget ``key`` if it still routes to ``conn``."""
+        entry = self.routes.get(key)
+        if entry is None or entry[0] != conn:
+            return False
+        del self.routes[key]
+        return True
+
     def drop_conn(self, conn: Hashable) -> int:
         """Forget every route of a closed connection."""
         dead = [k for k, v in self.routes.items() if v[0] == conn]
@@ -114,14 +126,16 @@ class Router:
             del self.routes[k]
         return len(dead)
 
-    def expire(self, now: float, routes: bool = True) -> None:
-        """Drop expired delayed records, and (a full scan) idle routes when ``routes``."""
+    def expire(self, now: float, routes: bool = True) -> List[Tuple[Key, Hashable]]:
+        """Drop expired delayed records, and (a full scan) idle routes when ``routes``;
+        returns the (key, connection) of every route that expired."""
         c = self.stats.c
+        stale: List[Tuple[Key, Hashable]] = []
         if routes:
             table = self.routes
             limit = now - self.route_ttl
-            stale = [k for k, v in table.items() if v[1] < limit]
-            for k in stale:
+            stale = [(k, v[0]) for k, v in table.items() if v[1] < limit]
+            for k, _conn in stale:
                 del table[k]
             if stale:
                 c["route_expired"] += len(stale)
@@ -131,6 +145,7 @@ class Router:
         n = _expire_held(self.early, now - self.early_ttl)
         self.n_early -= n
         c["drop:no_route"] += n  # no CLIENT_ADD came: not ours
+        return stale
 
 
 def _expire_held(table: "OrderedDict[Key, Tuple[float, List[bytes]]]", limit: float) -> int:
