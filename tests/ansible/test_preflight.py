@@ -220,6 +220,18 @@ BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
             "Fix: leave intercept_target_ports unset",
         ],
     ),
+    "tcpcopy_workers_without_interfaces": (
+        ["-e", "tcpcopy_workers=2"],
+        [
+            "tcpcopy_workers on pf-online is '2': no tcpcopy_interfaces: the workers share an"
+            " AF_PACKET capture (-i).",
+            "Fix: 1-64; above 1, set tcpcopy_interfaces",
+        ],
+    ),
+    "intercept_workers_zero": (
+        ["-e", "intercept_workers=0"],
+        ["intercept_workers on pf-assistant is '0'. Fix: an integer 1-64."],
+    ),
     "limit_leaves_out_the_target": (
         ["--limit", "online:assistant"],
         ["Hosts of the topology are not in this run: pf-target", "run without --limit"],
@@ -231,6 +243,9 @@ GOOD_INPUTS: dict[str, list[str]] = {
     # One variable moves every port: tcpcopy's default follows intercept_port.
     "intercept_port_moves_every_port": ["-e", "intercept_port=4000"],
     "c_range_inside_the_client_networks": ["-e", "tcpcopy_client_range=10.77.5.x"],
+    # Worker processes on both sides (tcpcopy's need its capture interfaces).
+    "workers": ["-e", json.dumps({"tcpcopy_workers": 2, "tcpcopy_interfaces": ["eth0"],
+                                  "intercept_workers": 2})],
     # A comparison experiment's further targets (playbooks/compare.yml).
     "extra_targets": ["-e", json.dumps({"pycopy_extra_targets": ["10.77.1.12:8081"]})],
     # Own-address mode: no assistant, no client networks, no probe address, no route vars.
