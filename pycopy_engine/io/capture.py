@@ -38,12 +38,22 @@ from typing import Any
 
 from pycopy_engine.errors import ConfigError, PycopyError
 from pycopy_engine.io import bpf
-from pycopy_engine.io.capture_base import SOL_PACKET, Capture, Handle, update_packet_stats
+from pycopy_engine.io.capture_base import (
+    FANOUT_DEFAULT_MODE,
+    SOL_PACKET,
+    Capture,
+    Fanout,
+    FanoutError,
+    Handle,
+    join_fanout,
+    update_packet_stats,
+)
 from pycopy_engine.io.mmsg import FLAGS_LEN, FLAGS_OFF, MMSG_SIZE, batch_buffers, libc_recvmmsg
 from pycopy_engine.io.ring import NETOFF_DGRAM, PACKET_RX_RING, ring_v2, ring_v3
 
 __all__ = [
     "CAP_NET_RAW_MSG",
+    "FANOUT_DEFAULT_MODE",
     "Capture",
     "CapturePermissionError",
     "PacketRecvCapture",
@@ -277,6 +287,7 @@ def open_packet_capture(
     rcvbuf: int = 16 << 20,
     batched: bool = True,
     drop_hint: str | None = None,
+    fanout: Fanout | None = None,
 ) -> Capture:
     """AF_PACKET/SOCK_DGRAM capture on ``ifaces`` (None, [] or "any" = all).
 
@@ -297,6 +308,16 @@ def open_packet_capture(
     warning logged on kernel drops names (e.g. the option enlarging the ring).  ``frame_size`` (V2) may be set below what ``snaplen``
     needs, trading counted truncation for memory.  ``ring=False`` or a ring
     that cannot be set up gives socket reads (recvmmsg if ``batched``).
+
+    ``fanout = (group id, mode)``: once bound and its ring (or buffer) set
+    up, and before anything is read, the socket joins that PACKET_FANOUT
+    group (mode: :data:`FANOUT_DEFAULT_MODE`, PACKET_FANOUT_HASH with
+    PACKET_FANOUT_FLAG_DEFRAG, so every packet of a flow, fragments
+    included, goes to one member).  Every member must capture on the same
+    ``ifaces`` with the same ``ignore_outgoing``.  Flows are shared out by
+    ``hash % members``: until every member has joined, a flow may land on
+    another member than later, so callers discard what their capture holds
+    once the group is complete (:meth:`Capture.discard_pending`).
     """
     if snaplen <= 0 or snaplen > 262144:
         raise ConfigError(f"snaplen must be in 1..262144, not {snaplen}")
@@ -320,7 +341,8 @@ def open_packet_capture(
         if bind_idx:  # unbound = every interface (CPython cannot bind to ifindex 0)
             sock.bind((socket.if_indextoname(bind_idx), proto))  # CPython applies htons
         cap = _open_packet_reader(sock, snaplen, ring, version, ring_bytes, frame_size,
-                                  block_size, block_timeout_ms, max_batch, rcvbuf, batched)
+                                  block_size, block_timeout_ms, max_batch, rcvbuf, batched,
+                                  fanout)
         if drop_hint:
             cap.drop_hint = drop_hint
         return cap
@@ -341,6 +363,7 @@ def _open_packet_reader(
     max_batch: int,
     rcvbuf: int,
     batched: bool,
+    fanout: Fanout | None = None,
 ) -> Capture:
     if ring:
         if version is None:
@@ -348,11 +371,11 @@ def _open_packet_reader(
         try:
             if version == 3:
                 return ring_v3(
-                    sock, snaplen, ring_bytes, block_size, block_timeout_ms, max_batch
+                    sock, snaplen, ring_bytes, block_size, block_timeout_ms, max_batch, fanout
                 )
-            return ring_v2(sock, snaplen, ring_bytes, frame_size, block_size, max_batch)
+            return ring_v2(sock, snaplen, ring_bytes, frame_size, block_size, max_batch, fanout)
         except OSError as exc:
-            if exc.errno in (errno.EPERM, errno.EACCES):
+            if exc.errno in (errno.EPERM, errno.EACCES) or isinstance(exc, FanoutError):
                 raise
             # e.g. ENOMEM for the ring or the mapping: fall back to socket
             # reads, after removing a ring that was set up (a zeroed request)
@@ -361,4 +384,6 @@ def _open_packet_reader(
             except OSError:
                 pass
     _set_rcvbuf(sock, rcvbuf)
-    return PacketRecvCapture(sock, snaplen, min(max_batch, 64), batched)
+    cap = PacketRecvCapture(sock, snaplen, min(max_batch, 64), batched)
+    join_fanout(sock, fanout)
+    return cap

@@ -23,6 +23,53 @@ DROP_WARN_S = 10.0  # and logged at most this often
 
 log = logging.getLogger("pycopy.capture")
 
+# PACKET_FANOUT (linux/if_packet.h): sockets of one group share the traffic,
+# each packet going to exactly one member
+PACKET_FANOUT = 18
+PACKET_FANOUT_HASH = 0  # by the skb's flow hash: a flow stays on one member
+PACKET_FANOUT_LB = 1
+PACKET_FANOUT_CPU = 2
+PACKET_FANOUT_FLAG_ROLLOVER = 0x1000
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000  # reassemble IP fragments before hashing
+FANOUT_DEFAULT_MODE = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+
+Fanout = tuple[int, int]  # (group id 0..65535, mode | flags)
+
+
+def fanout_arg(group: int, mode: int = FANOUT_DEFAULT_MODE) -> int:
+    """The PACKET_FANOUT option value: the group id in the low 16 bits, the
+    mode and its flags in the high 16."""
+    if not 0 <= group <= 0xFFFF:
+        raise ValueError(f"fanout group id must be in 0..65535, not {group}")
+    if not 0 <= mode <= 0xFFFF:
+        raise ValueError(f"fanout mode must be in 0..65535, not {mode:#x}")
+    return group | (mode << 16)
+
+
+class FanoutError(OSError):
+    """The kernel refused PACKET_FANOUT (another group with that id and
+    other settings, or no fanout support)."""
+
+
+def join_fanout(sock: socket.socket, fanout: Fanout | None) -> None:
+    """Make the (bound, running) AF_PACKET socket a member of fanout group
+    ``fanout = (group id, mode)``; None: nothing.  Every member of a group
+    must use the same mode, protocol and device, or the kernel refuses
+    (EINVAL), as it does on kernels without fanout."""
+    if fanout is None:
+        return
+    group, mode = fanout
+    try:
+        # as bytes: with the DEFRAG flag the value does not fit a signed int
+        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("=I", fanout_arg(group, mode)))
+    except OSError as exc:
+        raise FanoutError(exc.errno, f"cannot join PACKET_FANOUT group {group} (mode {mode:#x}):"
+                      f" {exc.strerror}") from None
+
+
+def _ignore(_pkt: memoryview) -> None:
+    return None
+
 
 class Capture:
     """Common interface; see :mod:`pycopy_engine.io.capture`."""
@@ -49,6 +96,18 @@ class Capture:
 
     def read_batch(self, handle: Handle) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def discard_pending(self, limit: int = 1 << 20) -> int:
+        """Read and throw away every packet ready now (at most ``limit``);
+        returns how many.  Fanout members call this once the whole group has
+        joined: what came before was shared out among fewer members."""
+        n = 0
+        while n < limit:
+            got = self.read_batch(_ignore)
+            if not got:
+                break
+            n += got
+        return n
 
     def kernel_stats(self) -> dict[str, int]:
         """Cumulative counters: ``packets`` the kernel accepted for this socket

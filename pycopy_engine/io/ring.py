@@ -18,7 +18,14 @@ import socket
 import struct
 from time import monotonic as _monotonic
 
-from pycopy_engine.io.capture_base import SOL_PACKET, Capture, Handle, update_packet_stats
+from pycopy_engine.io.capture_base import (
+    SOL_PACKET,
+    Capture,
+    Fanout,
+    Handle,
+    join_fanout,
+    update_packet_stats,
+)
 from pycopy_engine.io.ringplan import plan_v2, plan_v3
 
 PACKET_RX_RING = 5
@@ -52,14 +59,18 @@ class _MmapRing(Capture):
         update_packet_stats(self)
         return super().kernel_stats()
 
-    def close(self) -> None:
-        if self._closed:
-            return
+    def close_ring(self) -> None:
+        """Unmap the ring (the socket stays open)."""
         try:
             self._mv.release()
             self._mm.close()
         except BufferError:
             pass  # a handler kept a packet view: the mapping dies with it
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.close_ring()
         super().close()
 
 
@@ -207,13 +218,21 @@ def ring_v2(
     frame_size: int | None,
     block_size: int | None,
     max_batch: int,
+    fanout: Fanout | None = None,
 ) -> PacketRingCapture:
+    """A V2 ring on ``sock`` (bound already); ``fanout``: the (group id,
+    mode) the socket joins once the ring is mapped, before it is read."""
     sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
     plan = plan_v2(snaplen, ring_bytes, frame_size, block_size, mmap.PAGESIZE)
     cap = PacketRingCapture(
         sock, snaplen, plan.frame_size, plan.block_size, plan.block_nr, max_batch
     )
     cap.plan = plan
+    try:
+        join_fanout(sock, fanout)
+    except OSError:
+        cap.close_ring()
+        raise
     return cap
 
 
@@ -224,11 +243,18 @@ def ring_v3(
     block_size: int | None,
     tov_ms: int | None,
     max_batch: int,
+    fanout: Fanout | None = None,
 ) -> PacketRingV3Capture:
+    """A V3 ring on ``sock`` (bound already); ``fanout`` as :func:`ring_v2`."""
     sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
     plan = plan_v3(snaplen, 32 << 20 if ring_bytes is None else ring_bytes, block_size, tov_ms,
                    mmap.PAGESIZE)
     cap = PacketRingV3Capture(sock, snaplen, plan.block_size, plan.block_nr, plan.tov_ms,
                               max_batch)
     cap.plan = plan
+    try:
+        join_fanout(sock, fanout)
+    except OSError:
+        cap.close_ring()
+        raise
     return cap
