@@ -1,7 +1,7 @@
 """Engine throughput: offline replay of a large capture at top speed into a
 discard sink (issue 13).  Prints requests/s per core; not a test.
 
-    python3 bench/bench_offline.py [--requests 100000] [--keep FILE.pcap]
+    python3 bench/bench_offline.py [--requests 100000] [--keep FILE.pcap] [--workers 2]
 
 A capture of simulated client sessions (keep-alive: 100 requests per
 connection; short: one) is written to a pcap file first, together with the
@@ -14,6 +14,13 @@ was handled (an instant target that costs nothing), so the figure is the
 engine's own ceiling, no target or intercept on the same cores.  CPU time is
 the process's (``time.process_time``): requests per CPU-second = requests/s
 per core.  The replay is checked: it must send every request of the file.
+
+``--workers N`` adds the figure of ``tcpcopy --workers N`` offline: N forked
+processes each read the whole file and replay the flows of their hash slot
+(core/flowhash.py), started together; requests/s is every request of the
+file over the wall time until the last worker is done, printed for 1 worker
+(the same code, one slot) and N, with their ratio and the load average
+(the machine's other work shares the cores: a figure, never a pass/fail).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_engine import ONLINE, TARGET, record_trace  # noqa: E402
 from pycopy_engine.core.engine import Engine, EngineConfig  # noqa: E402
+from pycopy_engine.core.flowhash import flow_slot  # noqa: E402
 from pycopy_engine.core.mapping import TargetMap  # noqa: E402
 from pycopy_engine.core.offline import Replay  # noqa: E402
 from pycopy_engine.io.pcapfile import PcapReader, PcapWriter  # noqa: E402
@@ -50,8 +58,13 @@ def write_capture(trace, path: str) -> list[list[bytes]]:
     return answers
 
 
-def replay_file(path: str, answers: list[list[bytes]]) -> tuple[float, float, Engine]:
-    """Top-speed replay of ``path``; returns (CPU seconds, wall seconds, engine)."""
+def replay_file(path: str, answers: list[list[bytes]],
+                worker: tuple[int, int] = (0, 1)) -> tuple[float, float, Engine]:
+    """Top-speed replay of ``path`` (``worker`` = (index, count): only the
+    flows of that slot); returns (CPU seconds, wall seconds, engine)."""
+    index, count = worker
+    # the engine keeps the original client ports (no worker port class): the
+    # recorded answers name them, and there is no shared target to collide on
     eng = Engine(EngineConfig(maps=[TargetMap(ONLINE, 80, TARGET, 80)], seed=1))
     on_capture, on_record, take = eng.on_capture, eng.on_record, eng.take_output
     rp = Replay(lambda: PcapReader(path), rounds=1, speed=1e9)
@@ -63,6 +76,9 @@ def replay_file(path: str, answers: list[list[bytes]]) -> tuple[float, float, En
         now = clock()
         due = rp.due(now + 1e6, BATCH)  # everything is due: top speed
         for _rnd, _ts, pkt in due:
+            if count > 1 and flow_slot(pkt, count) != index:
+                i += 1
+                continue
             on_capture(pkt, now)
             take()  # the discard sink
             for rec in answers[i]:
@@ -72,11 +88,79 @@ def replay_file(path: str, answers: list[list[bytes]]) -> tuple[float, float, En
     return time.process_time() - c0, clock() - w0, eng
 
 
+def replay_workers(path: str, answers: list[list[bytes]], count: int) -> tuple[float, list[int]]:
+    """``count`` forked workers replay their slots of ``path`` at once;
+    returns (wall seconds until the last is done, requests each sent)."""
+    pids, results, gos = [], [], []
+    for index in range(count):
+        go_r, go_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(go_w)
+                os.close(res_r)
+                os.read(go_r, 1)
+                _cpu, _wall, eng = replay_file(path, answers, (index, count))
+                os.write(res_w, str(eng.stats.c["requests_sent"]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(go_r)
+        os.close(res_w)
+        pids.append(pid)
+        gos.append(go_w)
+        results.append(res_r)
+    time.sleep(0.2)  # every worker forked and waiting
+    t0 = time.monotonic()
+    for fd in gos:
+        os.write(fd, b"g")
+        os.close(fd)
+    sent = []
+    for fd in results:
+        data = b""
+        while True:
+            chunk = os.read(fd, 64)
+            if not chunk:
+                break
+            data += chunk
+        os.close(fd)
+        sent.append(int(data or b"0"))
+    wall = time.monotonic() - t0
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        if status:
+            sys.exit(f"bench: a worker failed ({status})")
+    return wall, sent
+
+
+def bench_workers(path: str, answers: list[list[bytes]], reqs: int, count: int,
+                  repeat: int) -> None:
+    walls = {}
+    for n in (1, count):
+        best = float("inf")
+        shares: list[int] = []
+        for _ in range(repeat):
+            wall, shares = replay_workers(path, answers, n)
+            if sum(shares) != reqs:
+                sys.exit(f"bench: {n} worker(s) sent {sum(shares)} of {reqs} requests")
+            best = min(best, wall)
+        walls[n] = best
+        print(f"  --workers {n}: {reqs / best:,.0f} requests/s (wall {best:.2f} s; requests per"
+              f" worker {' / '.join(map(str, shares))})")
+    load = os.getloadavg()
+    print(f"  ratio {count} workers / 1: {walls[1] / walls[count]:.2f}x "
+          f"({os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3, help="best of this many replays")
     ap.add_argument("--keep", help="write the keep-alive capture here (kept)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="also time N forked workers sharing the file by flow hash")
     args = ap.parse_args()
     from pycopy_engine.cli.common import tune_gc
 
@@ -98,6 +182,8 @@ def main() -> int:
             print(f"{name:<26} {reqs} requests, {len(answers)} packets ({mb:.1f} MB pcap): "
                   f"{reqs / best_cpu:,.0f} requests/s per core "
                   f"({len(answers) / best_cpu:,.0f} packets/s; wall {reqs / best_wall:,.0f}/s)")
+            if args.workers > 1:
+                bench_workers(path, answers, reqs, args.workers, args.repeat)
     finally:
         for f in Path(tmp).iterdir():
             f.unlink()
