@@ -128,6 +128,7 @@ class Supervisor:
         self.stopping = False  # a stop was asked for (signal or a failed worker)
         self.failed = False
         self.go_sent = False
+        self.stop_signals_sent: set[int] = set()  # stop signals forwarded on request
         self.started = time.time()
         self.loop = Loop()
         self.metrics: Any = None
@@ -307,6 +308,7 @@ class Supervisor:
     # -- signals and children -----------------------------------------------------
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         self.stopping = True
+        self.stop_signals_sent.add(signum)
         self._signal_all(signum)
 
     def _on_reopen_signal(self, signum: int, _frame: Any) -> None:
@@ -346,6 +348,14 @@ class Supervisor:
                 self._fail(c)
         if all(c.status is not None for c in self.children):
             self.loop.stop()
+
+    def _status(self, c: _Child) -> int:
+        """A worker's exit status; killed by the very stop signal the user
+        sent (it came before the worker set its handlers) counts as 0."""
+        code = c.status or 0
+        if not self.failed and code - 128 in self.stop_signals_sent:
+            return 0
+        return code
 
     def _fail(self, c: _Child) -> None:
         self.failed = True
@@ -392,7 +402,7 @@ class Supervisor:
             for c in self.children:
                 c.sock.close()
             self.loop.close()
-        worst = max((c.status or 0) for c in self.children)
+        worst = max(self._status(c) for c in self.children)
         if self.failed and worst == 0:
             worst = 1
         return worst

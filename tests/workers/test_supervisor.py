@@ -182,3 +182,14 @@ def test_finish_ok_workers_that_end_by_themselves_are_not_a_failure(toy):
     d = t.doc()
     assert d["counters"]["ticks"] == 60
     assert "died unexpectedly" not in t.log()
+
+
+def test_a_stop_before_the_workers_set_their_handlers_is_a_clean_stop(toy):
+    """SIGTERM while a worker is still setting up (default disposition: it
+    dies of it): a requested stop, exit 0; a worker killed by anything else
+    still counts."""
+    t = toy(2, "--slow-start")
+    _wait(lambda: "workers started" in t.log(), what="fork")
+    os.kill(t.proc.pid, signal.SIGTERM)
+    assert t.proc.wait(15) == 0, t.log()
+    assert "ended: killed by signal 15 (SIGTERM)" in t.log()

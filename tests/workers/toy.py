@@ -5,7 +5,8 @@
 Each worker counts ``ticks`` (one per 10 ms) and ``ticks_by:worker=i``, has
 a gauge ``level`` = 10 + i and ``flag`` = i (merged by max), and
 stops on SIGTERM with status 0; ``--finish``: each worker exits 0 by itself
-after 30 ticks.  ``--fail-ready I``: worker I exits 3 before it is ready.
+after 30 ticks.  ``--fail-ready I``: worker I exits 3 before it is ready; ``--slow-start``:
+the workers sleep 5 s (SIGTERM not handled yet) before they are ready.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import logging
 import signal
 import sys
+import time
 
 from pycopy_engine.io import workers
 from pycopy_engine.io.loop import Loop
@@ -22,6 +24,8 @@ from pycopy_engine.io.loop import Loop
 def child(i: int, args: argparse.Namespace) -> int:
     if args.fail_ready == i:
         return 3
+    if args.slow_start:  # the default SIGTERM disposition for a while, as during set-up
+        time.sleep(5)
     w = workers.current()
     assert w is not None and w.index == i
     loop = Loop()
@@ -53,6 +57,7 @@ def main() -> int:
     p.add_argument("metrics")
     p.add_argument("--fail-ready", type=int, default=-1)
     p.add_argument("--finish", action="store_true")
+    p.add_argument("--slow-start", action="store_true")
     args = p.parse_args()
     root = logging.getLogger("pycopy")
     h = logging.StreamHandler(sys.stderr)
