@@ -88,10 +88,16 @@ def replay_file(path: str, answers: list[list[bytes]],
     return time.process_time() - c0, clock() - w0, eng
 
 
-def replay_workers(path: str, answers: list[list[bytes]], count: int) -> tuple[float, list[int]]:
+def replay_workers(path: str, answers: list[list[bytes]],
+                   count: int) -> tuple[float, list[int], list[float]]:
     """``count`` forked workers replay their slots of ``path`` at once;
-    returns (wall seconds until the last is done, requests each sent)."""
+    returns (wall seconds until the last is done, requests each sent, CPU
+    seconds each used)."""
     pids, results, gos = [], [], []
+    import gc
+
+    gc.collect()
+    gc.freeze()  # as tcpcopy's workers do (tune_gc): no collection walks the file's objects
     for index in range(count):
         go_r, go_w = os.pipe()
         res_r, res_w = os.pipe()
@@ -102,8 +108,8 @@ def replay_workers(path: str, answers: list[list[bytes]], count: int) -> tuple[f
                 os.close(go_w)
                 os.close(res_r)
                 os.read(go_r, 1)
-                _cpu, _wall, eng = replay_file(path, answers, (index, count))
-                os.write(res_w, str(eng.stats.c["requests_sent"]).encode())
+                cpu, _wall, eng = replay_file(path, answers, (index, count))
+                os.write(res_w, b"%d %f" % (eng.stats.c["requests_sent"], cpu))
                 code = 0
             finally:
                 os._exit(code)
@@ -117,7 +123,7 @@ def replay_workers(path: str, answers: list[list[bytes]], count: int) -> tuple[f
     for fd in gos:
         os.write(fd, b"g")
         os.close(fd)
-    sent = []
+    sent, cpus = [], []
     for fd in results:
         data = b""
         while True:
@@ -126,32 +132,39 @@ def replay_workers(path: str, answers: list[list[bytes]], count: int) -> tuple[f
                 break
             data += chunk
         os.close(fd)
-        sent.append(int(data or b"0"))
+        got = data.split() or [b"0", b"0"]
+        sent.append(int(got[0]))
+        cpus.append(float(got[1]))
     wall = time.monotonic() - t0
     for pid in pids:
         _, status = os.waitpid(pid, 0)
         if status:
             sys.exit(f"bench: a worker failed ({status})")
-    return wall, sent
+    return wall, sent, cpus
 
 
 def bench_workers(path: str, answers: list[list[bytes]], reqs: int, count: int,
-                  repeat: int) -> None:
+                  repeat: int, single_wall: float) -> None:
+    """``single_wall``: the wall time of the plain in-process replay (no fork)."""
     walls = {}
     for n in (1, count):
         best = float("inf")
         shares: list[int] = []
+        cpus: list[float] = []
         for _ in range(repeat):
-            wall, shares = replay_workers(path, answers, n)
-            if sum(shares) != reqs:
-                sys.exit(f"bench: {n} worker(s) sent {sum(shares)} of {reqs} requests")
-            best = min(best, wall)
+            wall, got, cpu = replay_workers(path, answers, n)
+            if sum(got) != reqs:
+                sys.exit(f"bench: {n} worker(s) sent {sum(got)} of {reqs} requests")
+            if wall < best:
+                best, shares, cpus = wall, got, cpu
         walls[n] = best
+        per_cpu = " / ".join(f"{r / c:,.0f}" for r, c in zip(shares, cpus))
         print(f"  --workers {n}: {reqs / best:,.0f} requests/s (wall {best:.2f} s; requests per"
-              f" worker {' / '.join(map(str, shares))})")
+              f" worker {' / '.join(map(str, shares))}; per CPU-second {per_cpu})")
     load = os.getloadavg()
-    print(f"  ratio {count} workers / 1: {walls[1] / walls[count]:.2f}x "
-          f"({os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
+    print(f"  ratio {count} workers / 1 worker: {walls[1] / walls[count]:.2f}x; / the"
+          f" unforked replay: {single_wall / walls[count]:.2f}x ({os.cpu_count()} CPUs,"
+          f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
 
 
 def main() -> int:
@@ -159,6 +172,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3, help="best of this many replays")
     ap.add_argument("--keep", help="write the keep-alive capture here (kept)")
+    ap.add_argument("--only", choices=("keep-alive", "short"), help="time this kind only")
     ap.add_argument("--workers", type=int, default=1,
                     help="also time N forked workers sharing the file by flow hash")
     args = ap.parse_args()
@@ -167,7 +181,10 @@ def main() -> int:
     tune_gc()  # as the commands do
     tmp = tempfile.mkdtemp(prefix="pycopy-bench-offline-")
     try:
-        for name, per in (("keep-alive (100 req/conn)", 100), ("short (1 req/conn)", 1)):
+        kinds = (("keep-alive (100 req/conn)", 100), ("short (1 req/conn)", 1))
+        for name, per in kinds:
+            if args.only and not name.startswith(args.only):
+                continue
             trace, reqs = record_trace(max(1, args.requests // per), per)
             path = args.keep if (args.keep and per == 100) else os.path.join(tmp, f"{per}.pcap")
             answers = write_capture(trace, path)
@@ -183,7 +200,7 @@ def main() -> int:
                   f"{reqs / best_cpu:,.0f} requests/s per core "
                   f"({len(answers) / best_cpu:,.0f} packets/s; wall {reqs / best_wall:,.0f}/s)")
             if args.workers > 1:
-                bench_workers(path, answers, reqs, args.workers, args.repeat)
+                bench_workers(path, answers, reqs, args.workers, args.repeat, best_wall)
     finally:
         for f in Path(tmp).iterdir():
             f.unlink()

@@ -339,6 +339,10 @@ class TcpCopyApp:
                 return 0
             if self.capture is not None:  # shared out among fewer members until now
                 n = self.capture.discard_pending()
+                tov = getattr(self.capture, "tov_ms", 0)
+                if tov:  # a TPACKET_V3 block still open holds some: wait for its retirement
+                    time.sleep(2 * tov / 1000.0)
+                    n += self.capture.discard_pending()
                 if n:
                     log.info("discarded %d packet(s) captured before all workers joined", n)
             wk.attach(self.loop, self.stats.snapshot)
