@@ -194,7 +194,7 @@ class Supervisor:
                 except Exception:  # the app's gauges may read closed sockets by now
                     pass
         except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
             logging.getLogger("pycopy").error("worker %d failed: %s", index,
                                               traceback.format_exc().strip())
