@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import struct
 
-
 _ADDRS = struct.Struct("!II")  # source, destination address at offset 12
 _PORTS = struct.Struct("!HH")
 
