@@ -166,3 +166,40 @@ def test_amplification_with_two_workers_never_collides(lab, workdir, http_server
     finally:
         tc.stop()
         ic.stop()
+
+
+def test_intercept_restart_with_L_every_worker_reconnects(lab, workdir, http_servers, logs):
+    ic = intercept(lab, workdir, name="intercept-wL1")
+    tc = _tcpcopy_workers(lab, workdir, "tcpcopy-wL", ["-L"])
+    try:
+        ic.stop()
+        _wait(lambda: (_doc(tc).get("counters", {}).get("control_links_up", 1) == 0), proc=tc,
+              what="links down")
+        assert tc.proc.poll() is None  # -L: the workers keep running without intercept
+        ic = intercept(lab, workdir, name="intercept-wL2")
+        doc = _wait(lambda: (lambda d: d if all(
+            w["counters"].get("control_links_up") == 2 and w["counters"].get("control_reconnects",
+                                                                              0) >= 2
+            for w in d.get("per_worker", {}).values()) else None)(_doc(tc)),
+            what="both workers reconnected", proc=tc)
+        assert doc["counters"]["control_links_up"] == 4
+        res = run_client(lab, requests=100, connections=4, mode="close", tag="wL2")
+        assert res["ok"] == 100
+        target = logs("target", 100, timeout=30)
+        assert logged_keys([r for r in target if "/wL2/" in r["path"]]) == sent_keys(res)
+    finally:
+        tc.stop()
+        ic.stop()
+
+
+def test_without_L_losing_intercept_stops_every_worker_with_status_1(lab, workdir, http_servers):
+    ic = intercept(lab, workdir, name="intercept-wnoL")
+    tc = _tcpcopy_workers(lab, workdir, "tcpcopy-wnoL", [])
+    try:
+        ic.stop()
+        assert tc.proc.wait(20) == 1
+        log = tc.log()
+        assert "all intercept connections lost; exiting" in log
+        assert "died unexpectedly: exit status 1" in log
+    finally:
+        tc.stop()
