@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_engine import ONLINE, TARGET, record_trace  # noqa: E402
 from pycopy_engine.core.engine import Engine, EngineConfig  # noqa: E402
-from pycopy_engine.core.flowhash import flow_slot  # noqa: E402
+from pycopy_engine.core.flowhash import flow_slot, own_flows  # noqa: E402
 from pycopy_engine.core.mapping import TargetMap  # noqa: E402
 from pycopy_engine.core.offline import Replay  # noqa: E402
 from pycopy_engine.io.pcapfile import PcapReader, PcapWriter  # noqa: E402
@@ -58,16 +58,28 @@ def write_capture(trace, path: str) -> list[list[bytes]]:
     return answers
 
 
+def slot_answers(path: str, answers: list[list[bytes]], index: int,
+                 count: int) -> list[list[bytes]]:
+    """The answers of the packets of slot ``index``, in file order (read
+    before the timed part)."""
+    with PcapReader(path) as r:
+        return [a for (_ts, pkt), a in zip(r, answers) if flow_slot(pkt, count) == index]
+
+
 def replay_file(path: str, answers: list[list[bytes]],
                 worker: tuple[int, int] = (0, 1)) -> tuple[float, float, Engine]:
     """Top-speed replay of ``path`` (``worker`` = (index, count): only the
-    flows of that slot); returns (CPU seconds, wall seconds, engine)."""
+    flows of that slot, whose answers ``answers`` are, see slot_answers);
+    returns (CPU seconds, wall seconds, engine)."""
     index, count = worker
     # the engine keeps the original client ports (no worker port class): the
     # recorded answers name them, and there is no shared target to collide on
     eng = Engine(EngineConfig(maps=[TargetMap(ONLINE, 80, TARGET, 80)], seed=1))
     on_capture, on_record, take = eng.on_capture, eng.on_record, eng.take_output
-    rp = Replay(lambda: PcapReader(path), rounds=1, speed=1e9)
+    if count > 1:  # as tcpcopy --workers does offline (without -I)
+        rp = Replay(lambda: own_flows(PcapReader(path), index, count), rounds=1, speed=1e9)
+    else:
+        rp = Replay(lambda: PcapReader(path), rounds=1, speed=1e9)
     clock = time.monotonic
     c0, w0 = time.process_time(), clock()
     rp.start(w0)
@@ -76,8 +88,7 @@ def replay_file(path: str, answers: list[list[bytes]],
         now = clock()
         due = rp.due(now + 1e6, BATCH)  # everything is due: top speed
         for _rnd, _ts, pkt in due:
-            if count > 1 and flow_slot(pkt, count) != index:
-                i += 1
+            if pkt is None:  # another slot's first or last packet (own_flows)
                 continue
             on_capture(pkt, now)
             take()  # the discard sink
@@ -107,8 +118,9 @@ def replay_workers(path: str, answers: list[list[bytes]],
             try:
                 os.close(go_w)
                 os.close(res_r)
+                mine = answers if count == 1 else slot_answers(path, answers, index, count)
                 os.read(go_r, 1)
-                cpu, _wall, eng = replay_file(path, answers, (index, count))
+                cpu, _wall, eng = replay_file(path, mine, (index, count))
                 os.write(res_w, b"%d %f" % (eng.stats.c["requests_sent"], cpu))
                 code = 0
             finally:
@@ -118,7 +130,7 @@ def replay_workers(path: str, answers: list[list[bytes]],
         pids.append(pid)
         gos.append(go_w)
         results.append(res_r)
-    time.sleep(0.2)  # every worker forked and waiting
+    time.sleep(0.2 if count == 1 else 3.0)  # every worker forked, its answers sorted out
     t0 = time.monotonic()
     for fd in gos:
         os.write(fd, b"g")

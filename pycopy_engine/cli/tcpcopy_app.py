@@ -10,7 +10,7 @@ import time
 from typing import Any, List, Optional, Tuple
 
 from ..core.engine import Engine, EngineConfig
-from ..core.flowhash import flow_slot
+from ..core.flowhash import flow_slot, own_flows
 from ..core.stats import Stats
 from ..errors import PycopyError
 from ..io import bpf, workers
@@ -122,9 +122,17 @@ class TcpCopyApp:
         PcapReader(path).close()  # fail early on an unreadable file or an unknown link type
         self.readers: List[PcapReader] = []
 
+        index, count = self.worker
+        # --workers: without -I, the other slots' packets are left out before
+        # the pacer (own_flows keeps the file's schedule); with -I the gaps
+        # are the whole file's, so every packet is paced and filtered after
+        self._slot_filter = count > 1 and bool(self.args.idle_skip)
+
         def open_packets():
             r = PcapReader(path)
             self.readers.append(r)
+            if count > 1 and not self.args.idle_skip:
+                return own_flows(r, index, count)
             return r
 
         self.replay = Replay(open_packets, self.args.rounds, self.args.speed, self.args.idle_skip)
@@ -205,8 +213,9 @@ class TcpCopyApp:
         rp = self.replay
         delay = self.delay
         index, count = self.worker
+        slot_filter = self._slot_filter
         for rnd, _ts, pkt in rp.due(now, 4096):
-            if count > 1 and flow_slot(pkt, count) != index:
+            if pkt is None or (slot_filter and flow_slot(pkt, count) != index):
                 continue  # --workers: another worker replays this flow
             self.first_packet = True
             if delay is not None:
@@ -228,6 +237,7 @@ class TcpCopyApp:
             eng.on_capture(pkt, now)
 
     _tail_deadline: Optional[float] = None
+    _slot_filter = False
     _progress_last: Tuple[float, int] = (0.0, 0)
 
     def _check_tail(self) -> None:

@@ -12,6 +12,8 @@ to say, go to slot 0 (where they are counted and dropped as usual).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 _ADDRS = struct.Struct("!II")  # source, destination address at offset 12
 _PORTS = struct.Struct("!HH")
@@ -30,3 +32,29 @@ def flow_slot(pkt: bytes | memoryview, count: int) -> int:
     b = (dst << 16) | dport
     # a tuple of ints hashes the same in every process (no hash seed for ints)
     return hash((a, b) if a < b else (b, a)) % count
+
+
+def own_flows(
+    packets: Iterable[tuple[float, Any]], index: int, count: int
+) -> Iterator[tuple[float, Any]]:
+    """The ``(timestamp, packet)`` pairs of slot ``index`` out of a capture's
+    pairs, for a worker's pacer: the capture's first and last pairs always
+    come out, their packet replaced by None when it is another slot's, so
+    the pacer's schedule (its start, and the end of a round) is the whole
+    file's.  Without an idle-gap skip (-I) the release times are then those
+    of the whole file; the other slots' packets cost a hash, not a pacing."""
+    it = iter(packets)
+    item = next(it, None)
+    if item is None:
+        return
+    ts, pkt = item
+    yield item if flow_slot(pkt, count) == index else (ts, None)
+    last_own, last_ts = True, ts
+    for ts, pkt in it:
+        if flow_slot(pkt, count) == index:
+            yield ts, pkt
+            last_own = True
+        else:
+            last_own, last_ts = False, ts
+    if not last_own:
+        yield last_ts, None

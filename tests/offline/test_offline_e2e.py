@@ -131,11 +131,13 @@ def test_replay_reaches_the_target_in_full(
     assert elapsed < 60, f"replay took {elapsed:.1f} s"
 
 
-def test_two_workers_replay_each_flow_once(lab: dict[str, Any]) -> None:
+@pytest.mark.parametrize("extra", [["-f", "4"], ["-f", "5", "-I", "20"]], ids=["paced", "idle-skip"])
+def test_two_workers_replay_each_flow_once(lab: dict[str, Any], extra: list[str]) -> None:
     """--workers 2 offline: both workers read the file, each replays the flows
-    of its hash slot: every request arrives once, and both did some."""
+    of its hash slot (left out before the pacer, or after it with -I): every
+    request arrives once, and both did some."""
     want = requests_in(lab["pcap"], lab["lab"].ip["online"])
-    code, out, recs = replay(lab, "w2", "-a", "5", "-f", "4", "--workers", "2")
+    code, out, recs = replay(lab, "w2", "-a", "5", *extra, "--workers", "2")
     assert code == 0, out[-3000:]
     got = collections.Counter((r["method"], r["path"]) for r in recs)
     assert got == want, out[-3000:]

@@ -10,7 +10,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pycopy_engine.core.flowhash import flow_slot
+from pycopy_engine.core.flowhash import flow_slot, own_flows
 from pycopy_engine.core.mapping import AddressMapper
 from pycopy_engine.core.portpool import worker_port, worker_ports
 
@@ -86,3 +86,20 @@ def test_flow_slots_spread_flows_and_odd_packets_go_to_slot_0():
     assert slots == {0, 1}
     assert flow_slot(b"\x60" + bytes(59), 2) == 0  # IPv6
     assert flow_slot(_pkt([1, 1, 1, 1], 1, [2, 2, 2, 2], 2)[:22], 2) == 0  # cut short
+
+
+@given(st.lists(st.tuples(st.integers(1, 60000), st.integers(1, 3)), max_size=40),
+       st.integers(2, 4))
+def test_own_flows_keeps_the_files_schedule_and_only_its_slot(flows, count):
+    pkts = [(float(t), _pkt([10, 0, 0, c], p, [10, 0, 0, 11], 80))
+            for t, (p, c) in enumerate(flows)]
+    for index in range(count):
+        out = list(own_flows(pkts, index, count))
+        mine = [(ts, p) for ts, p in pkts if flow_slot(p, count) == index]
+        assert [x for x in out if x[1] is not None] == mine
+        if pkts:  # the first and the last timestamps are the file's
+            assert out[0][0] == pkts[0][0] and out[-1][0] == pkts[-1][0]
+            assert all(p is None for _ts, p in out if (_ts, p) not in mine)
+            assert len(out) <= len(mine) + 2
+        else:
+            assert out == []
