@@ -1,7 +1,7 @@
 """Engine throughput: offline replay of a large capture at top speed into a
 discard sink (issue 13).  Prints requests/s per core; not a test.
 
-    python3 bench/bench_offline.py [--requests 100000] [--keep FILE.pcap]
+    python3 bench/bench_offline.py [--requests 100000] [--keep FILE.pcap] [--workers 2]
 
 A capture of simulated client sessions (keep-alive: 100 requests per
 connection; short: one) is written to a pcap file first, together with the
@@ -14,6 +14,13 @@ was handled (an instant target that costs nothing), so the figure is the
 engine's own ceiling, no target or intercept on the same cores.  CPU time is
 the process's (``time.process_time``): requests per CPU-second = requests/s
 per core.  The replay is checked: it must send every request of the file.
+
+``--workers N`` adds the figure of ``tcpcopy --workers N`` offline: N forked
+processes each read the whole file and replay the flows of their hash slot
+(core/flowhash.py), started together; requests/s is every request of the
+file over the wall time until the last worker is done, printed for 1 worker
+(the same code, one slot) and N, with their ratio and the load average
+(the machine's other work shares the cores: a figure, never a pass/fail).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_engine import ONLINE, TARGET, record_trace  # noqa: E402
 from pycopy_engine.core.engine import Engine, EngineConfig  # noqa: E402
+from pycopy_engine.core.flowhash import flow_slot, own_flows  # noqa: E402
 from pycopy_engine.core.mapping import TargetMap  # noqa: E402
 from pycopy_engine.core.offline import Replay  # noqa: E402
 from pycopy_engine.io.pcapfile import PcapReader, PcapWriter  # noqa: E402
@@ -50,11 +58,28 @@ def write_capture(trace, path: str) -> list[list[bytes]]:
     return answers
 
 
-def replay_file(path: str, answers: list[list[bytes]]) -> tuple[float, float, Engine]:
-    """Top-speed replay of ``path``; returns (CPU seconds, wall seconds, engine)."""
+def slot_answers(path: str, answers: list[list[bytes]], index: int,
+                 count: int) -> list[list[bytes]]:
+    """The answers of the packets of slot ``index``, in file order (read
+    before the timed part)."""
+    with PcapReader(path) as r:
+        return [a for (_ts, pkt), a in zip(r, answers) if flow_slot(pkt, count) == index]
+
+
+def replay_file(path: str, answers: list[list[bytes]],
+                worker: tuple[int, int] = (0, 1)) -> tuple[float, float, Engine]:
+    """Top-speed replay of ``path`` (``worker`` = (index, count): only the
+    flows of that slot, whose answers ``answers`` are, see slot_answers);
+    returns (CPU seconds, wall seconds, engine)."""
+    index, count = worker
+    # the engine keeps the original client ports (no worker port class): the
+    # recorded answers name them, and there is no shared target to collide on
     eng = Engine(EngineConfig(maps=[TargetMap(ONLINE, 80, TARGET, 80)], seed=1))
     on_capture, on_record, take = eng.on_capture, eng.on_record, eng.take_output
-    rp = Replay(lambda: PcapReader(path), rounds=1, speed=1e9)
+    if count > 1:  # as tcpcopy --workers does offline (without -I)
+        rp = Replay(lambda: own_flows(PcapReader(path), index, count), rounds=1, speed=1e9)
+    else:
+        rp = Replay(lambda: PcapReader(path), rounds=1, speed=1e9)
     clock = time.monotonic
     c0, w0 = time.process_time(), clock()
     rp.start(w0)
@@ -63,6 +88,8 @@ def replay_file(path: str, answers: list[list[bytes]]) -> tuple[float, float, En
         now = clock()
         due = rp.due(now + 1e6, BATCH)  # everything is due: top speed
         for _rnd, _ts, pkt in due:
+            if pkt is None:  # another slot's first or last packet (own_flows)
+                continue
             on_capture(pkt, now)
             take()  # the discard sink
             for rec in answers[i]:
@@ -72,18 +99,104 @@ def replay_file(path: str, answers: list[list[bytes]]) -> tuple[float, float, En
     return time.process_time() - c0, clock() - w0, eng
 
 
+def replay_workers(path: str, answers: list[list[bytes]],
+                   count: int) -> tuple[float, list[int], list[float]]:
+    """``count`` forked workers replay their slots of ``path`` at once;
+    returns (wall seconds until the last is done, requests each sent, CPU
+    seconds each used)."""
+    pids, results, gos = [], [], []
+    import gc
+
+    gc.collect()
+    gc.freeze()  # as tcpcopy's workers do (tune_gc): no collection walks the file's objects
+    for index in range(count):
+        go_r, go_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(go_w)
+                os.close(res_r)
+                mine = answers if count == 1 else slot_answers(path, answers, index, count)
+                os.read(go_r, 1)
+                cpu, _wall, eng = replay_file(path, mine, (index, count))
+                os.write(res_w, b"%d %f" % (eng.stats.c["requests_sent"], cpu))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(go_r)
+        os.close(res_w)
+        pids.append(pid)
+        gos.append(go_w)
+        results.append(res_r)
+    time.sleep(0.2 if count == 1 else 3.0)  # every worker forked, its answers sorted out
+    t0 = time.monotonic()
+    for fd in gos:
+        os.write(fd, b"g")
+        os.close(fd)
+    sent, cpus = [], []
+    for fd in results:
+        data = b""
+        while True:
+            chunk = os.read(fd, 64)
+            if not chunk:
+                break
+            data += chunk
+        os.close(fd)
+        got = data.split() or [b"0", b"0"]
+        sent.append(int(got[0]))
+        cpus.append(float(got[1]))
+    wall = time.monotonic() - t0
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        if status:
+            sys.exit(f"bench: a worker failed ({status})")
+    return wall, sent, cpus
+
+
+def bench_workers(path: str, answers: list[list[bytes]], reqs: int, count: int,
+                  repeat: int, single_wall: float) -> None:
+    """``single_wall``: the wall time of the plain in-process replay (no fork)."""
+    walls = {}
+    for n in (1, count):
+        best = float("inf")
+        shares: list[int] = []
+        cpus: list[float] = []
+        for _ in range(repeat):
+            wall, got, cpu = replay_workers(path, answers, n)
+            if sum(got) != reqs:
+                sys.exit(f"bench: {n} worker(s) sent {sum(got)} of {reqs} requests")
+            if wall < best:
+                best, shares, cpus = wall, got, cpu
+        walls[n] = best
+        per_cpu = " / ".join(f"{r / c:,.0f}" for r, c in zip(shares, cpus))
+        print(f"  --workers {n}: {reqs / best:,.0f} requests/s (wall {best:.2f} s; requests per"
+              f" worker {' / '.join(map(str, shares))}; per CPU-second {per_cpu})")
+    load = os.getloadavg()
+    print(f"  ratio {count} workers / 1 worker: {walls[1] / walls[count]:.2f}x; / the"
+          f" unforked replay: {single_wall / walls[count]:.2f}x ({os.cpu_count()} CPUs,"
+          f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3, help="best of this many replays")
     ap.add_argument("--keep", help="write the keep-alive capture here (kept)")
+    ap.add_argument("--only", choices=("keep-alive", "short"), help="time this kind only")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="also time N forked workers sharing the file by flow hash")
     args = ap.parse_args()
     from pycopy_engine.cli.common import tune_gc
 
     tune_gc()  # as the commands do
     tmp = tempfile.mkdtemp(prefix="pycopy-bench-offline-")
     try:
-        for name, per in (("keep-alive (100 req/conn)", 100), ("short (1 req/conn)", 1)):
+        kinds = (("keep-alive (100 req/conn)", 100), ("short (1 req/conn)", 1))
+        for name, per in kinds:
+            if args.only and not name.startswith(args.only):
+                continue
             trace, reqs = record_trace(max(1, args.requests // per), per)
             path = args.keep if (args.keep and per == 100) else os.path.join(tmp, f"{per}.pcap")
             answers = write_capture(trace, path)
@@ -98,6 +211,8 @@ def main() -> int:
             print(f"{name:<26} {reqs} requests, {len(answers)} packets ({mb:.1f} MB pcap): "
                   f"{reqs / best_cpu:,.0f} requests/s per core "
                   f"({len(answers) / best_cpu:,.0f} packets/s; wall {reqs / best_wall:,.0f}/s)")
+            if args.workers > 1:
+                bench_workers(path, answers, reqs, args.workers, args.repeat, best_wall)
     finally:
         for f in Path(tmp).iterdir():
             f.unlink()

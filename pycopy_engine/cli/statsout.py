@@ -19,6 +19,12 @@ GAUGES = ("sessions_active", "buffered_bytes", "control_queue_bytes", "control_l
           # issue 9: --compare
           "compare_flows", "compare_capture_drops")
 
+# --workers: how the supervisor merges a gauge of several workers (default:
+# the sum; core/statsmerge.py): a brake is engaged when any worker's is, the
+# replication health is the worst worker's, the session cap is -1 (none)
+# when any worker has none
+MERGE_RULES = {"brake_engaged": "max", "health_replication": "min", "session_cap": "cap"}
+
 HELP = {
     "compare_differences": "--compare: target answers that differ from online's answer to the"
     " same request, per endpoint, target and kind (status, size, body, field, latency); raw"

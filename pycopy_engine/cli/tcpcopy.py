@@ -29,6 +29,7 @@ from .common import (
     version_line,
 )
 from .compare_out import add_compare_options, check_compare_options
+from .tcpcopy_workers import MAX_WORKERS, check_workers_options
 from .unattended import add_unattended_options, check_unattended_options
 
 USAGE_EXAMPLE = """example:
@@ -161,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--probe-client", metavar="ADDR", type=opt_type("--probe-client", probe_client, "bad address"),
       help="--doctor: source address of the end-to-end probe (an unused address of the clients'"
            " network, routed via the assistant on the target); default: the first -c address")
+    a("--workers", dest="workers", type=opt_type("--workers", int_range(1, MAX_WORKERS),
+                                                  "must be 1..%d" % MAX_WORKERS), default=1,
+      help="replay with N processes (1 = one process, no supervisor): flows are shared out by"
+           " hash (live: PACKET_FANOUT, needs -i; offline: each worker replays its hash slot"
+           " of the file); one merged --metrics/--stats-json")
     add_unattended_options(a)
     add_compare_options(a)
     add_common_options(a, "online")
@@ -218,6 +224,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.speed = 1.0
     check_unattended_options(p, args)
     check_compare_options(p, args)
+    check_workers_options(p, args)
     if args.tee:
         _check_tee(p, args)
     for m in args.maps:
@@ -318,6 +325,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         daemonize()
     log = setup_logging("tcpcopy", args.log)
+    if args.workers > 1:
+        from .tcpcopy_workers import run_tcpcopy_workers
+
+        return run_tcpcopy_workers(args, cfg, log)
     try:
         app = TcpCopyApp(args, cfg, Stats(), log)
     except PermissionError as exc:

@@ -10,10 +10,11 @@ import time
 from typing import Any, List, Optional, Tuple
 
 from ..core.engine import Engine, EngineConfig
+from ..core.flowhash import flow_slot, own_flows
 from ..core.stats import Stats
 from ..errors import PycopyError
-from ..io import bpf
-from ..io.capture import open_packet_capture, open_raw_ip_capture
+from ..io import bpf, workers
+from ..io.capture import FANOUT_DEFAULT_MODE, open_packet_capture, open_raw_ip_capture
 from ..io.links import InterceptLinks, LinkError
 from ..io.loop import Loop
 from ..io.procmem import rss_bytes
@@ -52,6 +53,8 @@ class TcpCopyApp:
         self.capture: Any = None
         self.replay: Any = None
         self.sender = RawSender(stats)
+        # --workers (cli/tcpcopy_workers.py): (index, count) of this worker
+        self.worker: Tuple[int, int] = getattr(args, "worker", None) or (0, 1)
         if args.offline_file:
             self._open_replay()
         else:
@@ -92,11 +95,17 @@ class TcpCopyApp:
         prog = bpf.compile_filter(expr, bpf.DLT_RAW)
         if args.iface:
             ifaces = [i for i in args.iface.split(",") if i]
+            fanout = None
+            if self.worker[1] > 1:  # --workers: one fanout group shares the flows out
+                fanout = (args.fanout_group, FANOUT_DEFAULT_MODE)
             self.capture = open_packet_capture(
                 ifaces, prog, ignore_outgoing=True, snaplen=args.snaplen,
                 ring_bytes=args.bufsize << 20,
-                drop_hint="raise -B (the -i capture ring, now %d MB)" % args.bufsize)
+                drop_hint="raise -B (the -i capture ring, now %d MB)" % args.bufsize,
+                fanout=fanout)
             where = "interfaces " + args.iface
+            if fanout is not None:
+                where += " (fanout group %d)" % fanout[0]
             if self.capture.plan is not None:
                 where += " (ring: %s)" % self.capture.plan.describe()
         else:
@@ -113,9 +122,17 @@ class TcpCopyApp:
         PcapReader(path).close()  # fail early on an unreadable file or an unknown link type
         self.readers: List[PcapReader] = []
 
+        index, count = self.worker
+        # --workers: without -I, the other slots' packets are left out before
+        # the pacer (own_flows keeps the file's schedule); with -I the gaps
+        # are the whole file's, so every packet is paced and filtered after
+        self._slot_filter = count > 1 and bool(self.args.idle_skip)
+
         def open_packets():
             r = PcapReader(path)
             self.readers.append(r)
+            if count > 1 and not self.args.idle_skip:
+                return own_flows(r, index, count)
             return r
 
         self.replay = Replay(open_packets, self.args.rounds, self.args.speed, self.args.idle_skip)
@@ -200,7 +217,11 @@ class TcpCopyApp:
         eng = self.engine
         rp = self.replay
         delay = self.delay
+        index, count = self.worker
+        slot_filter = self._slot_filter
         for rnd, _ts, pkt in rp.due(now, 4096):
+            if pkt is None or (slot_filter and flow_slot(pkt, count) != index):
+                continue  # --workers: another worker replays this flow
             self.first_packet = True
             if delay is not None:
                 delay.push(bytes(pkt), now, rnd)
@@ -221,6 +242,7 @@ class TcpCopyApp:
             eng.on_capture(pkt, now)
 
     _tail_deadline: Optional[float] = None
+    _slot_filter = False
     _progress_last: Tuple[float, int] = (0.0, 0)
 
     def _check_tail(self) -> None:
@@ -325,6 +347,20 @@ class TcpCopyApp:
         write_pid(args.pidfile)
         install_stop_signals(self._stop)
         install_log_reopen(self.loop, log)
+        wk = workers.current()
+        if wk is not None:  # --workers: wait until every worker has its capture
+            if not wk.ready():
+                self._finish()
+                return 0
+            if self.capture is not None:  # shared out among fewer members until now
+                n = self.capture.discard_pending()
+                tov = getattr(self.capture, "tov_ms", 0)
+                if tov:  # a TPACKET_V3 block still open holds some: wait for its retirement
+                    time.sleep(2 * tov / 1000.0)
+                    n += self.capture.discard_pending()
+                if n:
+                    log.info("discarded %d packet(s) captured before all workers joined", n)
+            wk.attach(self.loop, self.stats.snapshot)
         if self.capture is not None:
             self.loop.add_reader(self.capture.fileno(), self._on_capture)
         if self.compare is not None:
@@ -358,6 +394,9 @@ class TcpCopyApp:
         if self.compare is not None:
             self.compare.close()
         self.out.final()
+        wk = workers.current()
+        if wk is not None and wk.snapshot is not None:
+            wk.publish(final=True)  # before the capture (a gauge) is closed
         if self.replay is not None:
             self._offline_summary()
         self.links.close()

@@ -66,6 +66,9 @@ class EngineConfig:
     # --tee: a session is copied to every matching -x map (default: the first
     # match only, as in C); target j's copies are -n copies j*n .. j*n+n-1
     tee: bool = False
+    # --workers: (index, count); client ports stay in the worker's class
+    # (portpool.worker_port) so that workers never pick the same port
+    worker: Tuple[int, int] = (0, 1)
     extra: Dict[str, object] = field(default_factory=dict)
 
 
@@ -75,7 +78,8 @@ class Engine:
         self.stats = stats or Stats()
         self.counters = self.stats.c  # what sessions count into (SessionHost)
         self.rng = random.Random(cfg.seed)
-        self.mapper = AddressMapper(cfg.clt_ips, cfg.localhost_ip, cfg.port_shift, self.rng)
+        self.mapper = AddressMapper(cfg.clt_ips, cfg.localhost_ip, cfg.port_shift, self.rng,
+                                    cfg.worker)
         self.sampler = Sampler(cfg.sample_percent, cfg.gradual)
         self.flows: Dict[tuple, List[Session]] = {}
         self.sessions: "OrderedDict[Key, Session]" = OrderedDict()

@@ -12,6 +12,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from .portpool import worker_port
+
 Key = Tuple[bytes, int, bytes, int]  # (client ip, client port, target ip, target port)
 
 LOCALHOST = bytes((127, 0, 0, 1))
@@ -102,7 +104,8 @@ class AddressMapper:
     """
 
     def __init__(self, clt_ips: Sequence[bytes] = (), localhost_ip: Optional[bytes] = None,
-                 port_shift: int = 0, rng: Optional[random.Random] = None) -> None:
+                 port_shift: int = 0, rng: Optional[random.Random] = None,
+                 worker: Tuple[int, int] = (0, 1)) -> None:
         self.clt_ips = list(clt_ips)
         self.localhost_ip = localhost_ip
         rng = rng or random.Random()
@@ -111,6 +114,9 @@ class AddressMapper:
         self.band = port_shift << 11
         self.shift = self.band + self.rand if port_shift else 0
         self._ip_slot: Dict[bytes, int] = {}
+        # --workers: (index, count): every port this mapper hands out is in
+        # the worker's class (portpool.worker_port), so workers never collide
+        self.w_index, self.w_count = worker
 
     def client_ip(self, orig_ip: bytes, copy: int = 0) -> bytes:
         if self.clt_ips:
@@ -137,7 +143,10 @@ class AddressMapper:
             port = orig_port + self.shift + salt
         if copy:
             port += (2 * copy - 1) * 32 + rand
-        return wrap_port(port)
+        port = wrap_port(port)
+        if self.w_count > 1:
+            return worker_port(port, self.w_index, self.w_count)
+        return port
 
     def allocate(self, orig_ip: bytes, orig_port: int, copy: int, target_ip: bytes,
                  target_port: int, in_use: Callable[[Key], bool],
@@ -158,16 +167,17 @@ class AddressMapper:
         # block of busy ports -- sequential NAT ports, -n copies -- would cost
         # O(n) per session), then, before giving up, every port once.
         skipped = 1
+        step, first = self.w_count, PORT_MIN + self.w_index  # the worker's class
         for i in range(LINEAR_PROBES + RANDOM_PROBES):
             if i < LINEAR_PROBES:
-                port = port + 1 if port < 0xFFFF else PORT_MIN
+                port = port + step if port + step <= 0xFFFF else first
             else:
-                port = self.rng.randrange(PORT_MIN, 0x10000)
+                port = first + step * self.rng.randrange((0x10000 - first + step - 1) // step)
             key = (ip, port, target_ip, target_port)
             if not in_use(key):
                 return key, skipped
             skipped += 1
-        for port in range(PORT_MIN, 0x10000):
+        for port in range(first, 0x10000, step):
             key = (ip, port, target_ip, target_port)
             if not in_use(key):
                 return key, skipped

@@ -46,6 +46,25 @@ def pool_ports(local_range: Tuple[int, int], excluded: Iterable[int]) -> List[in
     return [p for p in range(PORT_LOW, 0x10000) if (p < lo or p > hi) and p not in ex]
 
 
+def worker_port(port: int, index: int, count: int) -> int:
+    """``--workers``: the port of worker ``index``'s class (of ``count``) that
+    replaces ``port`` (1024..65535): the classes are ``(port - 1024) % count``,
+    so no two workers ever pick the same client port.  The port itself when
+    it is in the class, else the class's port in its block of ``count``
+    ports (one block lower at the top of the range)."""
+    if count <= 1:
+        return port
+    q = port - (port - PORT_LOW) % count + index
+    return q if q <= 0xFFFF else q - count
+
+
+def worker_ports(ports: Iterable[int], index: int, count: int) -> List[int]:
+    """The pool ports of worker ``index`` of ``count``: its class only."""
+    if count <= 1:
+        return list(ports)
+    return [p for p in ports if (p - PORT_LOW) % count == index]
+
+
 def port_intervals(ports: Iterable[int]) -> List[Tuple[int, int]]:
     """Sorted ports as inclusive (first, last) intervals, for firewall rules and filters."""
     out: List[Tuple[int, int]] = []

@@ -15,7 +15,9 @@ supervises them:
 * the children die with the parent (PR_SET_PDEATHSIG: SIGTERM, so they still
   clean up);
 * the return value is the worst exit status (a child killed by signal S
-  counts as 128 + S).
+  counts as 128 + S), leaving out the workers that died of a stop signal
+  the supervisor forwarded or sent (they were asked to stop): a requested
+  stop is 0, a failure is the failed worker's status (at least 1).
 
 Start-up barrier: each child calls :meth:`Worker.ready` once its capture is
 open (a member of the fanout group); the parent answers "go" when all are, so
@@ -83,7 +85,8 @@ def describe_status(code: int) -> str:
 
 
 class _Child:
-    __slots__ = ("index", "pid", "sock", "ready", "status", "snapshot", "final", "updated")
+    __slots__ = ("index", "pid", "sock", "ready", "status", "snapshot", "final", "updated",
+                 "cause")
 
     def __init__(self, index: int, pid: int, sock: socket.socket) -> None:
         self.index = index
@@ -94,6 +97,7 @@ class _Child:
         self.snapshot: dict[str, float] = {}
         self.final = False
         self.updated = 0.0
+        self.cause = False  # its death stopped the others
 
 
 class Supervisor:
@@ -194,7 +198,7 @@ class Supervisor:
                 except Exception:  # the app's gauges may read closed sockets by now
                     pass
         except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
             logging.getLogger("pycopy").error("worker %d failed: %s", index,
                                               traceback.format_exc().strip())
@@ -350,16 +354,19 @@ class Supervisor:
             self.loop.stop()
 
     def _status(self, c: _Child) -> int:
-        """A worker's exit status; killed by the very stop signal the user
-        sent (it came before the worker set its handlers) counts as 0."""
+        """A worker's exit status; killed by a stop signal this supervisor
+        forwarded or sent (before the worker set its handlers) counts as 0,
+        unless that worker is the one whose death stopped the others."""
         code = c.status or 0
-        if not self.failed and code - 128 in self.stop_signals_sent:
+        if not c.cause and code - 128 in self.stop_signals_sent:
             return 0
         return code
 
     def _fail(self, c: _Child) -> None:
         self.failed = True
         self.stopping = True
+        c.cause = True
+        self.stop_signals_sent.add(signal.SIGTERM)
         others = [ch for ch in self.children if ch.status is None]
         self.log.error("worker %d (pid %d) died unexpectedly: %s; stopping the other %d"
                        " worker(s) (pids %s)", c.index, c.pid, describe_status(c.status or 0),
@@ -384,6 +391,7 @@ class Supervisor:
                            ",".join(str(c.index) for c in late), self.ready_timeout)
             self.failed = True
             self.stopping = True
+            self.stop_signals_sent.add(signal.SIGTERM)
             self._signal_all(signal.SIGTERM)
             self.loop.call_later(self.stop_grace, self._kill_rest)
 

@@ -152,6 +152,26 @@ def test_c_intercept_serves_pycopy_tcpcopy(lab, workdir, c_intercept, logs):
     assert "fd is null after session is created" not in log
 
 
+def test_c_intercept_serves_pycopy_tcpcopy_with_two_workers(lab, workdir, c_intercept, logs):
+    """tcpcopy --workers 2: each worker is a tcpcopy of its own to the C intercept
+    (its own two links, hello and CLIENT_ADDs)."""
+    ic = c_intercept(name="c-intercept-workers")
+    o = lab.ip["online"]
+    tc = tcpcopy(lab, workdir, name="tcpcopy-workers-vs-c",
+                 extra=["-i", "eth0", "--workers", "2", "-x", f"{o}:80-{lab.ip['target']}:80"])
+    try:
+        deadline = time.monotonic() + 20
+        while "all 2 workers ready" not in tc.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent, target = _mixed_traffic(lab, logs)
+        assert logged_keys(target) == sent, f"target has {len(target)} of {len(sent)}"
+        st = tc.stats()
+        assert st["sessions_opened"] == 508 and st.get("rst_sent:handshake_timeout", 0) == 0
+    finally:
+        tc.stop()
+    assert ic.log().count("it adds fd:") == 4  # two links per worker
+
+
 def test_pycopy_intercept_serves_c_tcpcopy(lab, workdir, c_tcpcopy, logs):
     ic = intercept(lab, workdir, name="intercept-vs-c")
     try:

@@ -211,3 +211,28 @@ def test_own_address_mode_tees_from_pool_ports(lab, tee):
                    check=False).returncode != 0
     with contextlib.suppress(FileNotFoundError):  # tcpcopy's instance lock of that netns
         os.unlink(lock)
+
+
+def test_tee_and_sampling_with_two_workers(lab, tee):
+    """--tee -r 50 --workers 2: the sampled sessions reach both targets, each
+    request once, whichever worker its flow landed on; both workers worked;
+    the merged counters add up as with one process."""
+    online = lab.ip["online"]
+    tc = tee(["-c", fake_clients(lab, 231), "-i", "eth0", "-F",
+              f"tcp and dst host {online} and dst port 80", "--workers", "2", "-r", "50"],
+             name="tc-tee-workers")
+    deadline = time.monotonic() + 20
+    while "all 2 workers ready" not in tc.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    res = run_client(lab, requests=300, connections=6, mode="close", tag="twr")
+    assert res["ok"] == 300
+    st = wait_closed(tc)
+    assert st["sessions_active"] == 0 and st["drop:sampled_out"] > 0
+    kept = st["sessions_opened"] // 2
+    assert st["sessions_opened"] == st["sessions_closed"] == 2 * kept
+    assert 0.35 * 300 <= kept <= 0.65 * 300, kept
+    p1 = sorted(r["path"] for r in tee.new("t1", "twr", kept))
+    p2 = sorted(r["path"] for r in tee.new("t2", "twr", kept))
+    assert len(p1) == kept and p1 == p2 and len(set(p1)) == kept
+    doc = json.loads(tc.stats_path.read_text())
+    assert all(w["counters"].get("sessions_opened", 0) > 0 for w in doc["per_worker"].values())

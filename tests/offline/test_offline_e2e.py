@@ -15,6 +15,7 @@ engine giving each round fresh ports.
 from __future__ import annotations
 
 import collections
+import re
 import subprocess
 import sys
 import time
@@ -128,3 +129,20 @@ def test_replay_reaches_the_target_in_full(
     got = collections.Counter((r["method"], r["path"]) for r in recs)
     assert got == collections.Counter({k: v * rounds for k, v in want.items()}), out[-3000:]
     assert elapsed < 60, f"replay took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("extra", [["-f", "4"], ["-f", "5", "-I", "20"]], ids=["paced", "idle-skip"])
+def test_two_workers_replay_each_flow_once(lab: dict[str, Any], extra: list[str]) -> None:
+    """--workers 2 offline: both workers read the file, each replays the flows
+    of its hash slot (left out before the pacer, or after it with -I): every
+    request arrives once, and both did some."""
+    want = requests_in(lab["pcap"], lab["lab"].ip["online"])
+    code, out, recs = replay(lab, "w2", "-a", "5", *extra, "--workers", "2")
+    assert code == 0, out[-3000:]
+    got = collections.Counter((r["method"], r["path"]) for r in recs)
+    assert got == want, out[-3000:]
+    done = re.findall(r"\[worker (\d)\] offline replay done: sessions:(\d+), requests sent:(\d+)",
+                      out)
+    assert sorted(w for w, _s, _r in done) == ["0", "1"], out[-3000:]
+    assert all(int(r) > 0 for _w, _s, r in done)
+    assert sum(int(r) for _w, _s, r in done) == REQUESTS

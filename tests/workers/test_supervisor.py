@@ -193,3 +193,11 @@ def test_a_stop_before_the_workers_set_their_handlers_is_a_clean_stop(toy):
     os.kill(t.proc.pid, signal.SIGTERM)
     assert t.proc.wait(15) == 0, t.log()
     assert "ended: killed by signal 15 (SIGTERM)" in t.log()
+
+
+def test_the_status_is_the_failed_workers_not_of_those_it_stopped(toy):
+    """Worker 2 fails while the others still set up (the supervisor's SIGTERM
+    kills them, default disposition): the exit status is worker 2's."""
+    t = toy(3, "--fail-ready", "2", "--slow-start")
+    assert t.proc.wait(15) == 3, t.log()
+    assert "ended: killed by signal 15 (SIGTERM)" in t.log()
