@@ -81,13 +81,19 @@ def _settled(tc: Proc, key: str, want: int) -> dict:
     return _wait(ok, what=f"{key} == {want}", proc=tc)
 
 
+@pytest.mark.parametrize("intercept_workers", [1, 2])
 def test_two_workers_replicate_every_request_once_with_merged_metrics(lab, workdir, http_servers,
-                                                                      logs):
-    ic = intercept(lab, workdir, name="intercept-w2")
-    tc = _tcpcopy_workers(lab, workdir, "tcpcopy-w2", [])
+                                                                      logs, intercept_workers):
+    """Also against an intercept with two workers of its own: each tcpcopy
+    worker's links may be held by either intercept worker."""
+    ic = intercept(lab, workdir, name=f"intercept-w2-{intercept_workers}",
+                   extra=["--workers", str(intercept_workers)])
+    tc = _tcpcopy_workers(lab, workdir, f"tcpcopy-w2-{intercept_workers}", [])
     try:
-        ka = run_client(lab, requests=600, connections=8, mode="keepalive", tag="wka")
-        sc = run_client(lab, requests=600, connections=8, mode="close", tag="wsc")
+        ka = run_client(lab, requests=600, connections=8, mode="keepalive",
+                        tag=f"wka{intercept_workers}")
+        sc = run_client(lab, requests=600, connections=8, mode="close",
+                        tag=f"wsc{intercept_workers}")
         assert ka["ok"] == 600 and sc["ok"] == 600, (ka["errors"][:3], sc["errors"][:3])
         sent = sorted(sent_keys(ka) + sent_keys(sc))
         target = logs("target", 1200, timeout=30)
