@@ -59,13 +59,14 @@ class Summary:
     objects of a ``--compare`` record. (Not frozen: a frozen dataclass costs a
     microsecond more to make, and one is made per request.)"""
 
-    __slots__ = ("n", "proto", "t", "req", "answer")
+    __slots__ = ("n", "proto", "t", "req", "answer", "off")
 
     n: int  # request number within the connection, 0-based
     proto: str  # "http" or "tcp"
     t: float  # the caller's clock when the request's first byte was seen
     req: Dict[str, Any]
     answer: Dict[str, Any]
+    off: Optional[int]  # where the request starts in the client's byte stream
 
     def to_json(self) -> Dict[str, Any]:
         return {"req": self.req, "answer": self.answer}
@@ -152,10 +153,11 @@ class _Answer:
 
 class _Request:
     __slots__ = ("n", "method", "path", "size", "hash", "t0", "t_done", "done", "answer",
-                 "error", "body")
+                 "error", "body", "off")
 
-    def __init__(self, n: int, method: str, path: str, t0: float) -> None:
+    def __init__(self, n: int, method: str, path: str, t0: float, off: int) -> None:
         self.n = n
+        self.off = off  # offset of its first byte in the client's stream
         self.method = method
         self.path = path
         self.size = 0
@@ -193,6 +195,8 @@ class Exchange:
         self._an_state = _HEAD
         self._an_rest = b""
         self._an_t0: Optional[float] = None
+        self._in = 0  # client bytes taken in so far (request offsets)
+        self._buf_base = 0  # offset of the first byte of the request buffer being parsed
 
     # -- the interface ---------------------------------------------------
 
@@ -268,8 +272,8 @@ class Exchange:
             else:
                 self._tcp_request(data, t)
 
-    def _new_request(self, method: str, path: str, t0: float) -> _Request:
-        r = _Request(self._n, method, path, t0)
+    def _new_request(self, method: str, path: str, t0: float, off: Optional[int] = None) -> _Request:
+        r = _Request(self._n, method, path, t0, self._in if off is None else off)
         self._n += 1
         self._order.append(r)
         return r
@@ -291,7 +295,8 @@ class Exchange:
             if r.error and not a.error:
                 a.error = r.error
             t_req = r.t_done if r.t_done is not None else r.t0
-            self._out.append(Summary(r.n, self.proto or "tcp", r.t0, req, a.to_json(t_req, tcp)))
+            self._out.append(Summary(r.n, self.proto or "tcp", r.t0, req, a.to_json(t_req, tcp),
+                                     r.off))
 
     # -- tcp mode --------------------------------------------------------
 
@@ -302,6 +307,7 @@ class Exchange:
             r = None
         if r is None:
             r = self._rq = self._new_request("", "", now)
+        self._in += len(data)
         r.size += len(data)
         r.hash.update(data)
         r.t_done = now
@@ -332,6 +338,8 @@ class Exchange:
     def _http_request(self, data: bytes, now: float) -> None:
         buf = self._rq_rest + data if self._rq_rest else data
         self._rq_rest = b""
+        self._in += len(data)
+        self._buf_base = self._in - len(buf)
         pos, end = 0, len(buf)
         while pos < end:
             st = self._rq_state
@@ -384,9 +392,9 @@ class Exchange:
             method, path, fields = request_head(buf, pos, e, self._wanted)
             kind, length = framing(fields, True) if fields else ("none", 0)
         except Bad as err:
-            self._request_garbage(str(err), now)
+            self._request_garbage(str(err), now, self._buf_base + pos)
             return pos
-        r = self._new_request(method, path, self._rq_t0)
+        r = self._new_request(method, path, self._rq_t0, self._buf_base + pos)
         waiting = self._waiting
         waiting.append(r)
         if len(waiting) > MAX_PENDING:
@@ -411,10 +419,10 @@ class Exchange:
             self._rq_state = _BODY
         return e
 
-    def _request_garbage(self, msg: str, now: float) -> None:
+    def _request_garbage(self, msg: str, now: float, off: int) -> None:
         """Unparseable client bytes: one request holds them all from here on;
         its answer (a 400, often) is still read."""
-        r = self._new_request("", "", self._rq_t0 if self._rq_t0 is not None else now)
+        r = self._new_request("", "", self._rq_t0 if self._rq_t0 is not None else now, off)
         r.error = "parse: request: %s" % msg
         r.done = True
         r.t_done = now

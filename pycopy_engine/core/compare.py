@@ -46,7 +46,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from ..errors import WireError
 from ..wire.tcpip import ACK, RST, SYN, ip_str, parse_ipv4_tcp
 from .compare_count import DEFAULT_MAX_ENDPOINTS, DiffCounter
-from .compare_stream import Pair
+from .compare_stream import Pair, seq_lt
 from .stats import Stats
 
 DEFAULT_TIMEOUT = 5.0
@@ -64,7 +64,7 @@ def _text(ip: bytes, port: int) -> str:
 class Conn:
     """One observed connection: its reassembly and its summariser."""
 
-    __slots__ = ("pair", "ex", "label", "taken", "syn_at", "seen")
+    __slots__ = ("pair", "ex", "label", "taken", "syn_at", "seen", "start", "pending")
 
     def __init__(self, pair: Pair, ex: Any, label: str) -> None:
         self.pair = pair
@@ -73,10 +73,16 @@ class Conn:
         self.taken = 0  # summaries taken so far = the next request number
         self.syn_at: Optional[float] = None
         self.seen: Dict[int, float] = {}  # answer segment seq -> its header record's arrival
+        self.start: Optional[int] = None  # a copy's first request byte (its SYN's seq + 1)
+        self.pending: List[Any] = []  # summaries taken before the flow was aligned
+
+    def first_byte(self) -> Optional[int]:
+        return self.start if self.start is not None else self.pair.req_base
 
 
 class Flow:
-    __slots__ = ("text", "online", "copies", "rows", "last", "oldest", "low", "emitted")
+    __slots__ = ("text", "online", "copies", "rows", "last", "oldest", "low", "emitted",
+                 "floor", "pend_at")
 
     def __init__(self, text: str, online: Conn) -> None:
         self.text = text
@@ -89,6 +95,11 @@ class Flow:
         # rows written: every n below ``low``, and those in ``emitted``
         self.low = 0
         self.emitted: Set[int] = set()
+        # alignment: requests are numbered from the first one every side saw
+        # (client byte ``floor``); until it is known (pend_at: since when)
+        # summaries wait in their Conn.pending
+        self.floor: Optional[int] = None
+        self.pend_at: Optional[float] = None
 
 
 class Comparer:
@@ -181,12 +192,14 @@ class Comparer:
         f.online.pair.segment(answer, seg.seq, seg.ack if seg.flags & ACK else None, seg.flags,
                               seg.payload, now)
 
-    def _new_flow(self, key: tuple, now: float) -> Optional[Flow]:
+    def _new_flow(self, key: tuple, now: float, start: Optional[int] = None) -> Optional[Flow]:
         if len(self.flows) >= self.max_flows:
             self.c["compare_dropped_flows"] += 1
             return None
         f = Flow(_text(key[0], key[1]), self._new_conn(key[3], "online"))
         f.last = now
+        if start is not None:
+            f.online.pair.start_at(start)
         self.flows[key] = f
         held = self.orphans.pop(key, None)
         back = self.orphans.pop((key[2], key[3], key[0], key[1], 0), None)
@@ -231,16 +244,25 @@ class Comparer:
             flow, copy = info
             fkey = flow[:4] + (0,)
             f = self.flows.get(fkey)
+            # the copy's first byte is where the online connection's requests
+            # are counted from (the copy keeps the client's sequence numbers;
+            # a connection older than tcpcopy is copied from the first segment
+            # the engine read, and the comparer's capture may have seen more)
+            start = (seg.seq + 1) & 0xFFFFFFFF if syn and fc is None and not copy else None
             if f is None:
-                f = self._new_flow(fkey, now)
+                f = self._new_flow(fkey, now, start)
                 if f is None:
                     return
+            elif start is not None and not f.copies:
+                f.online.pair.start_at(start)
             # one answer per target "ip:port"; a second copy of the flow to the
             # same target (-n) is "ip:port#k"
             label = _text(seg.dst, seg.dport)
             if any(c.label == label for k, c in f.copies.items() if k != key):
                 label += "#%d" % (copy or len(f.copies))
             conn = self._new_conn(seg.dport, label)
+            if syn:
+                conn.start = (seg.seq + 1) & 0xFFFFFFFF
             if fc is not None:  # the session was rebuilt: a new connection, same numbering
                 conn.taken = fc[1].taken
                 fc[1].pair.close(now)
@@ -326,6 +348,8 @@ class Comparer:
             for conn in f.copies.values():
                 conn.pair.tick(now)
                 got = self._take(f, conn, now) or got
+            if f.pend_at is not None and now - f.pend_at >= self.timeout:
+                self._align(f, now, True)  # a side that never starts: align without it
             if got or (f.rows and now - f.oldest >= self.timeout):
                 self._emit(f, now)
             done = f.online.pair.closed and all(c.pair.closed for c in f.copies.values())
@@ -336,8 +360,51 @@ class Comparer:
         got = conn.ex.take()
         if not got:
             return False
+        if f.floor is None:
+            conn.pending.extend(got)
+            if f.pend_at is None:
+                f.pend_at = now
+            self._align(f, now)
+        else:
+            self._rows(f, conn, got, now)
+        return True
+
+    def _align(self, f: Flow, now: float, force: bool = False) -> None:
+        """Number the requests of every side from the first one all of them saw.
+
+        The copy keeps the client's sequence numbers, so a request is the same
+        client byte on each side.  A connection older than tcpcopy is copied
+        from the first request the engine read; the comparer's capture (another
+        socket, opened at another time) may have seen earlier or only later
+        ones: requests before the latest first byte are not joined (counted as
+        ``compare_before_copy``)."""
+        if f.floor is not None:
+            return
+        firsts = [c.first_byte() for c in (f.online, *f.copies.values())]
+        if not force and (firsts[0] is None or not any(b is not None for b in firsts[1:])):
+            return  # wait for the online side's first request and a copy's
+        known = [b for b in firsts if b is not None]
+        if not known:
+            return
+        floor = known[0]
+        for b in known[1:]:
+            if seq_lt(floor, b):
+                floor = b
+        f.floor = floor
+        f.pend_at = None
+        for conn in (f.online, *f.copies.values()):
+            got, conn.pending = conn.pending, []
+            if got:
+                self._rows(f, conn, got, now)
+
+    def _rows(self, f: Flow, conn: Conn, got: List[Any], now: float) -> None:
         online = conn is f.online
+        base = conn.pair.req_base
         for s in got:
+            if not conn.taken and base is not None and s.off is not None and \
+                    seq_lt((base + s.off) & 0xFFFFFFFF, f.floor):  # type: ignore[arg-type]
+                self.c["compare_before_copy"] += 1  # seen by one side only
+                continue
             n = conn.taken
             conn.taken += 1
             t = s.t
@@ -361,7 +428,6 @@ class Comparer:
             if online:
                 row[1] = t
             row[4][conn.label] = j.get("answer")
-        return True
 
     def _emit(self, f: Flow, now: float, final: bool = False) -> None:
         if not f.rows:
@@ -417,9 +483,12 @@ class Comparer:
             self._take(f, conn, now)
             if self.copies.get(k, (None,))[0] is f:
                 del self.copies[k]
+        self._align(f, now, True)
         self._emit(f, now, final=True)
         for conn in [f.online, *f.copies.values()]:
             p = conn.pair
+            if p.skipped:  # segments of a connection older than its copy, before the copy
+                self.c["compare_skipped_before_copy"] += p.skipped
             if p.gaps:
                 self.c["compare_gaps"] += p.gaps
                 self.c["compare_gap_bytes"] += p.gap_bytes

@@ -51,7 +51,8 @@ class Half:
 
 class Pair:
     __slots__ = ("sink", "req", "ans", "stall", "max_held", "closed", "dup_bytes", "gaps",
-                 "gap_bytes", "last", "req_floor", "ans_floor", "rst_at", "stalls", "answered")
+                 "gap_bytes", "last", "req_floor", "ans_floor", "rst_at", "stalls", "answered",
+                 "req_bytes", "skipped", "opened", "req_base")
 
     def __init__(self, sink: Any, stall: float = 0.5, max_held: int = 256 << 10) -> None:
         self.sink = sink
@@ -73,6 +74,26 @@ class Pair:
         self.rst_at: Optional[float] = None  # a RST was seen: close after ``stall``
         self.stalls = 0  # times held bytes were forced out after ``stall``
         self.answered = -1.0  # when answer bytes were last delivered (progress)
+        self.req_bytes = 0  # request bytes delivered so far
+        self.skipped = 0  # segments dropped: before the start, answers to requests not seen
+        self.opened: Optional[int] = None  # the client's SYN seen: its seq + 1
+        # the client byte at request-stream offset 0 (the sink's offsets + this =
+        # sequence numbers; moved on by the holes skipped in the requests)
+        self.req_base: Optional[int] = None
+
+    def start_at(self, seq: int) -> None:
+        """The observed stream begins at client byte ``seq`` (a connection older
+        than tcpcopy: its copy starts there): request bytes before it are not
+        the copy's and are dropped.  A no-op once request bytes were delivered,
+        or when the client's SYN was seen at ``seq`` - 1."""
+        seq &= M32
+        if self.req_bytes or self.closed or self.opened == seq:
+            return
+        req = self.req
+        req.nxt = seq
+        for s in [s for s in req.held if not seq_lt(seq, (s + len(req.held[s][0])) & M32)]:
+            req.held_bytes -= len(req.held.pop(s)[0])
+            self.skipped += 1
 
     # ------------------------------------------------------------ input
 
@@ -94,6 +115,9 @@ class Pair:
                 else:
                     if now > self.req_floor:
                         self.req_floor = now
+                    if not self.req_bytes:
+                        self.req_base = seq
+                    self.req_bytes += len(data)
                     self.sink.request_data(data, self.req_floor)
                 if other.held or (answer and h.fin_at is not None):
                     self._pump(now)
@@ -102,6 +126,8 @@ class Pair:
             if h.nxt is None:
                 h.nxt = (seq + 1) & M32
             seq = (seq + 1) & M32
+            if not answer:
+                self.opened = seq
         if flags & RST:  # the two directions come from different sockets: wait a little
             if self.rst_at is None:
                 self.rst_at = now
@@ -178,11 +204,30 @@ class Pair:
                 return self._ready(h, other, force)
             self.gaps += 1
             self.gap_bytes += gap
+            if h is self.req and self.req_base is not None:
+                self.req_base = (self.req_base + gap) & M32
             h.nxt = start
             seg = h.held[start]
         data, ack, t = seg
-        if not force and ack >= 0 and other.nxt is not None and seq_lt(other.nxt, ack):
-            return None  # acknowledges bytes the other side has not delivered yet
+        if not force and ack >= 0 and other.nxt is not None and seq_lt(other.nxt, ack) and not (
+                h is self.req and self.req_base is None and self.opened is None):
+            # acknowledges bytes the other side has not delivered yet (but the
+            # first request of a connection older than the capture does not
+            # wait for answers before it: those are not delivered)
+            return None
+        if h is self.ans and self.answered < 0 and self.opened is None:
+            # a connection older than the capture: its first answers may answer
+            # requests never seen (their ACK number is not beyond the first
+            # request byte delivered); dropped
+            if self.req_base is None:
+                if not force:
+                    return None  # no request delivered yet: wait for one
+            elif ack < 0 or not seq_lt(self.req_base, ack):
+                del h.held[h.nxt]  # type: ignore[arg-type]
+                h.held_bytes -= len(data)
+                h.nxt = (h.nxt + len(data)) & M32  # type: ignore[operator]
+                self.skipped += 1
+                return self._ready(h, other, force)
         return h.nxt, data, ack, t  # type: ignore[return-value]
 
     def _pump(self, now: float, force: bool = False) -> None:
@@ -209,6 +254,9 @@ class Pair:
             if take_req:
                 if t > self.req_floor:
                     self.req_floor = t
+                if not self.req_bytes:
+                    self.req_base = seq
+                self.req_bytes += len(data)
                 sink.request_data(data, self.req_floor)
             else:
                 sink.answer_data(data, self._ans_time(t))

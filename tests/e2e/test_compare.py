@@ -5,6 +5,8 @@ extension, one JSON Lines record per request with both."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -130,3 +132,43 @@ def test_two_copies_each_answer_recorded(lab, workdir, logs):
     for r in recs:
         assert set(r["answers"]) == {"online", t, t + "#1"}, r
         assert all(a is not None and a["status"] == 404 for a in r["answers"].values()), r
+
+
+def test_connections_older_than_tcpcopy_are_joined_request_by_request(lab, http_servers, workdir):
+    """Keep-alive connections already busy when tcpcopy --compare starts (a
+    redeploy under live traffic): the comparer's capture may see requests
+    the engine's capture did not (it opens first); each record still joins
+    a request with the online and the target answer to that same request."""
+    out = workdir / "compare-older"
+    ic = intercept(lab, workdir, name="intercept-older")
+    client = lab.popen("client", [sys.executable, "-m", "tests.lab.client", "--host",
+                                  lab.ip["online"], "--requests", "600", "--connections", "3",
+                                  "--mode", "keepalive", "--kind", "api", "--delay", "0.01",
+                                  "--tag", "73"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.7)  # the connections are open and busy
+        tc = tcpcopy(lab, workdir, extra=["--compare", str(out)], name="tcpcopy-older")
+        try:
+            assert client.wait(60) == 0, client.stdout.read().split(b'"errors"')[-1][:1500]
+            time.sleep(1.0)
+        finally:
+            tc.stop()
+    finally:
+        if client.poll() is None:
+            lab.stop(client)
+        ic.stop()
+    st = tc.stats()
+    t = "%s:80" % lab.ip["target"]
+    recs = [r for r in read_records(out) if "/api/" in (r.get("req") or {}).get("path", "")]
+    both = [r for r in recs if r["answers"]["online"] and r["answers"].get(t)]
+    print(f"\nolder connections: {len(recs)} records, {len(both)} with both answers, "
+          f"requests seen by one side only: {st.get('compare_before_copy', 0)}, segments "
+          f"dropped: {st.get('compare_skipped_before_copy', 0)}")
+    assert len(both) > 300, (len(recs), st)
+    for r in both:
+        ident = int(r["req"]["path"].rsplit("/", 1)[1])
+        kind = r["req"]["path"].split("/")[2]
+        for label in ("online", t):
+            fields = r["answers"][label]["fields"]
+            assert (fields["id"], fields["kind"]) == (ident, kind), (label, r)

@@ -52,7 +52,7 @@ def untimed(summaries):
     for s in summaries:
         d = s.to_json()
         d["answer"] = {k: v for k, v in d["answer"].items() if k not in ("first", "last")}
-        out.append((s.n, s.proto, d))
+        out.append((s.n, s.proto, s.off, d))
     return out
 
 
@@ -76,6 +76,8 @@ def test_pipelined_keep_alive_pairs_every_kind_of_answer():
     assert [(s.req["method"], s.req["path"], s.answer["status"], s.answer["size"],
              s.answer["digest"]) for s in got] == EXPECTED
     assert [s.n for s in got] == list(range(6)) and {s.proto for s in got} == {"http"}
+    # where each request starts in the client's stream (joined by client byte)
+    assert [s.off for s in got] == [sum(map(len, REQS[:i])) for i in range(6)]
     first = got[0].answer
     assert first["fields"] == {"id": 42, "user.name": "x", "user.tags[0]": "a",
                                "user.tags[1]": "b", "items[0].id": 7, "ok": True}

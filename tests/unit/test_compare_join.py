@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pycopy_engine.core.compare import Comparer
 from pycopy_engine.core.stats import Stats
 from pycopy_engine.wire.control import make_record
@@ -155,6 +157,78 @@ def test_packets_read_before_the_engine_knew_the_flow_are_replayed():
     w.cmp.finish(0.03)
     (r,) = w.cmp.take_records()
     assert r["answers"]["online"]["status"] == 200 and abs(r["answers"]["online"]["first"] - 3) < .01
+
+
+def keepalive_older_than_tcpcopy(w: World, order: str) -> list:
+    """A keep-alive connection open before tcpcopy: request A is seen only by
+    the comparer's capture (the engine's had not started), the engine's copy
+    starts with B (a fake SYN at B's seq - 1).  ``order`` is when the comparer
+    reads A and B: "orphans" (before the copy's SYN) or "after"."""
+    c, s, t0 = 5000, 9000, 70000
+    a_req, b_req = REQ[0], REQ[1]
+    a_ans, b_ans = answer(200, b'{"id": 0}'), answer(200, b'{"id": 1}')
+    w.copied = False
+    online = [(w.client, c, s, ACK | PSH, a_req, 0.000),
+              (w.server, s, c + len(a_req), ACK | PSH, a_ans, 0.002),
+              (w.client, c + len(a_req), s + len(a_ans), ACK | PSH, b_req, 0.050),
+              (w.server, s + len(a_ans), c + len(a_req) + len(b_req), ACK | PSH, b_ans, 0.052)]
+    if order == "orphans":
+        for f, *args in online:
+            f(*args)
+    w.copied = True
+    cb = c + len(a_req)
+    w.sent(cb - 1, 0, SYN, b"", 0.051)  # the engine's fake SYN: B's seq - 1
+    w.target(t0, cb, SYN | ACK, b"", 0.052)
+    if order == "after":
+        for f, *args in online:
+            f(*args)
+    w.sent(cb, t0 + 1, ACK | PSH, b_req, 0.053)
+    w.target(t0 + 1, cb + len(b_req), ACK | PSH, answer(500, b'{"id": 1}'), 0.060)
+    w.cmp.finish(1.0)
+    return w.cmp.take_records()
+
+
+@pytest.mark.parametrize("order", ["orphans", "after"])
+def test_a_connection_older_than_tcpcopy_is_joined_from_the_copys_first_request(order):
+    w = World()
+    recs = keepalive_older_than_tcpcopy(w, order)
+    # A was never replicated: no record, and B is request 0 on both sides
+    assert [(r["n"], r["req"]["path"]) for r in recs] == [(0, "/users/1")], recs
+    (r,) = recs
+    assert r["answers"]["online"]["status"] == 200 and r["answers"]["online"]["fields"]["id"] == 1
+    assert r["answers"]["10.1.0.12:8080"]["status"] == 500
+    # A's answer (A's request bytes are trimmed, as before the stream's start)
+    assert w.stats.c["compare_skipped_before_copy"] >= 1
+
+
+def test_a_copy_that_starts_before_the_comparers_capture_is_joined_from_the_first_common_request():
+    """The reverse: the engine copied A and B, the comparer's capture saw only
+    B (it read from the online side later): A's target answer has no online
+    one and is not joined; B is request 0 on both sides."""
+    w = World()
+    c, s, t0 = 5000, 9000, 70000
+    a_req, b_req = REQ[0], REQ[1]
+    a_ans, b_ans = answer(200, b'{"id": 0}'), answer(200, b'{"id": 1}')
+    cb = c + len(a_req)
+    w.sent(c - 1, 0, SYN, b"", 0.0)  # the fake SYN at A's seq - 1
+    w.target(t0, c, SYN | ACK, b"", 0.001)
+    w.sent(c, t0 + 1, ACK | PSH, a_req, 0.002)
+    ta = answer(200, b'{"id": 0}')
+    w.target(t0 + 1, cb, ACK | PSH, ta, 0.004)
+    # online, from B on (with the answer to A first: it acknowledges only A)
+    w.server(s, cb, ACK | PSH, a_ans, 0.003)
+    w.client(cb, s + len(a_ans), ACK | PSH, b_req, 0.050)
+    w.server(s + len(a_ans), cb + len(b_req), ACK | PSH, b_ans, 0.052)
+    w.sent(cb, t0 + 1 + len(ta), ACK | PSH, b_req, 0.051)
+    w.target(t0 + 1 + len(ta), cb + len(b_req), ACK | PSH, answer(500, b'{"id": 1}'), 0.060)
+    w.cmp.on_timer(0.1)
+    w.cmp.finish(1.0)
+    recs = w.cmp.take_records()
+    assert [(r["n"], r["req"]["path"]) for r in recs] == [(0, "/users/1")], recs
+    (r,) = recs
+    assert r["answers"]["online"]["fields"]["id"] == 1 and "errors" not in r
+    assert r["answers"]["10.1.0.12:8080"]["status"] == 500
+    assert w.stats.c["compare_before_copy"] == 1  # A, on the target side only
 
 
 def test_target_fin_closes_and_flow_is_forgotten():

@@ -140,3 +140,37 @@ def test_a_request_that_waited_for_an_answer_keeps_its_own_time():
     assert [(k, d, t) for k, d, t in s.events] == [
         ("req", b"req0", 1.0), ("ans", b"ans0", 1.25), ("req", b"req1", 1.10),
         ("ans", b"ans1", 1.25)]  # an answer never goes back in time
+
+
+def test_start_at_drops_what_came_before_the_copy_and_the_answers_to_it():
+    s = Sink()
+    p = Pair(s)
+    c, v = C0 + 1, (S0 + 1) & 0xFFFFFFFF
+    # an older connection: req0 and its answer, then req1 where the copy starts
+    p.start_at(c + 4)
+    p.segment(False, c, v, 0x18, b"req0", 1.0)  # before the start: trimmed
+    p.segment(True, v, c + 4, 0x18, b"ans0", 1.1)  # answers req0: skipped
+    p.segment(True, v, c + 4, 0x18, b"ans0", 1.15)  # retransmitted: skipped
+    p.segment(False, c + 4, v + 4, 0x18, b"req1", 1.2)
+    p.segment(True, v + 4, c + 8, 0x18, b"ans1", 1.3)
+    assert s.text() == [("req", b"req1"), ("ans", b"ans1")]
+    assert p.skipped == 1 and p.dup_bytes == 8 and p.gaps == 0
+    p.start_at(c + 8)  # too late: request bytes were delivered
+    p.segment(False, c + 8, v + 8, 0x18, b"req2", 1.4)
+    assert s.text()[-1] == ("req", b"req2")
+
+
+def test_start_at_the_clients_syn_keeps_a_greeting():
+    for syn_first in (True, False):
+        s = Sink()
+        p = Pair(s)
+        c, v = C0 + 1, (S0 + 1) & 0xFFFFFFFF
+        if syn_first:
+            handshake(p)
+        p.start_at(c)  # the copy starts with the client's own SYN
+        if not syn_first:
+            handshake(p)
+        p.segment(True, v, c, 0x18, b"220 hello", 1.0)  # server speaks first
+        p.segment(False, c, v + 9, 0x18, b"HELO", 1.1)
+        assert s.text() == [("ans", b"220 hello"), ("req", b"HELO")], syn_first
+        assert p.skipped == 0
