@@ -73,7 +73,9 @@ def test_logrotate_renames_and_sigusr1_reopens_without_losing_lines(lab, http_se
                                capture_output=True, text=True, timeout=30)
             assert r.returncode == 0, r.stderr
             deadline = time.monotonic() + 10
-            while not all("log file reopened" in p.read_text() for p in logs.values()):
+            # (no "create": each file exists again once its process has reopened it)
+            while not all(p.exists() and "log file reopened" in p.read_text()
+                          for p in logs.values()):
                 assert time.monotonic() < deadline, "no reopen line in the new files"
                 time.sleep(0.05)
             time.sleep(1.5)
