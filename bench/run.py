@@ -148,7 +148,7 @@ class Pair:
                      self.tc)
             time.sleep(0.3)  # the capture socket opens after the links
             return
-        py = [sys.executable, "-m"]
+        py = [args.python, "-m"]
         if not args.no_assistant:
             self.ic = lab.popen("assistant", [*py, "pycopy_engine.cli.intercept", "-i", "eth0",
                                               "-F", "tcp and src port 80", "-l", str(self.ic_log)])
@@ -214,6 +214,9 @@ def main() -> int:
     ap.add_argument("--compare", action="store_true",
                     help="tcpcopy --compare into a temporary directory (issue 9): the records"
                          " written are counted after the runs")
+    ap.add_argument("--python", default=sys.executable,
+                    help="the interpreter of pycopy's tcpcopy and intercept (e.g. pypy3:"
+                         " docs/pypy.md)")
     ap.add_argument("--prefix", default=PREFIX, help=f"lab prefix ({PREFIX})")
     ap.add_argument("--subnet", default=SUBNET, help=f"lab subnet ({SUBNET})")
     args = ap.parse_args()

@@ -9,6 +9,7 @@ APT_PKGS=(iproute2 iptables nftables tcpdump wrk libpcap0.8 systemd-container de
           prometheus  # promtool: checks deploy/prometheus/pycopy-alerts.yml (issue 12)
           logrotate   # checks deploy/logrotate/pycopy (issue 12)
           chromium    # renders pycopy-compare's report.html in the browser test (issue 9)
+          pypy3 python3-scapy  # a Python 3.9 with scapy: the engine runs on RHEL's 3.9 (tests/e2e/test_python39.py)
           ${PYCOPY_EXTRA_APT:-})
 # the offline bundle build resolves Debian packages: it needs apt's package lists
 [[ -n $(ls /var/lib/apt/lists/*_Packages* 2>/dev/null) ]] || apt-get update -qq

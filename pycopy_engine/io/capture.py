@@ -48,6 +48,7 @@ from pycopy_engine.io.capture_base import (
     join_fanout,
     update_packet_stats,
 )
+from pycopy_engine.io.ifaces import if_indextoname, if_nametoindex
 from pycopy_engine.io.mmsg import FLAGS_LEN, FLAGS_OFF, MMSG_SIZE, batch_buffers, libc_recvmmsg
 from pycopy_engine.io.ring import NETOFF_DGRAM, PACKET_RX_RING, ring_v2, ring_v3
 
@@ -265,7 +266,7 @@ def _ifindexes(ifaces: list[str] | None) -> list[int]:
     out = []
     for name in ifaces:
         try:
-            out.append(socket.if_nametoindex(name))
+            out.append(if_nametoindex(name))
         except OSError:
             raise ConfigError(f"no such interface {name!r}") from None
     return out
@@ -339,7 +340,7 @@ def open_packet_capture(
         prog = build_program(bpf_program, snaplen, idx if len(idx) > 1 else (), drop_out)
         bpf.attach_filter(sock, prog)
         if bind_idx:  # unbound = every interface (CPython cannot bind to ifindex 0)
-            sock.bind((socket.if_indextoname(bind_idx), proto))  # CPython applies htons
+            sock.bind((if_indextoname(bind_idx), proto))  # CPython applies htons
         cap = _open_packet_reader(sock, snaplen, ring, version, ring_bytes, frame_size,
                                   block_size, block_timeout_ms, max_batch, rcvbuf, batched,
                                   fanout)

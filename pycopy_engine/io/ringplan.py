@@ -45,7 +45,7 @@ def _pow2_pages(n: int, page: int) -> int:
     return size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RingPlan:
     version: int  # 2 or 3
     block_size: int

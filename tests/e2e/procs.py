@@ -14,7 +14,7 @@ from tests.lab.netns import Lab, LabError
 
 class Proc:
     def __init__(self, lab: Lab, host: str, prog: str, args: List[str], workdir: Path,
-                 name: str, ready: bool = True) -> None:
+                 name: str, ready: bool = True, python: str = sys.executable) -> None:
         self.lab = lab
         self.name = name
         self.stats_path = workdir / f"{name}.stats.json"
@@ -22,7 +22,7 @@ class Proc:
         if self.stats_path.exists():
             self.stats_path.unlink()
         self._log = open(self.log_path, "w")
-        argv = [sys.executable, "-m", f"pycopy_engine.cli.{prog}", *args,
+        argv = [python, "-m", f"pycopy_engine.cli.{prog}", *args,
                 "--stats-json", str(self.stats_path), "--stats-interval", "0.2"]
         self.proc = lab.popen(host, argv, stdout=self._log, stderr=subprocess.STDOUT)
         if ready:
@@ -67,13 +67,15 @@ class Proc:
 
 
 def intercept(lab: Lab, workdir: Path, port: int = 80, extra: Optional[List[str]] = None,
-              name: str = "intercept") -> Proc:
+              name: str = "intercept", python: str = sys.executable) -> Proc:
     return Proc(lab, "assistant", "intercept",
-                ["-i", "eth0", "-F", f"tcp and src port {port}", *(extra or [])], workdir, name)
+                ["-i", "eth0", "-F", f"tcp and src port {port}", *(extra or [])], workdir, name,
+                python=python)
 
 
 def tcpcopy(lab: Lab, workdir: Path, extra: Optional[List[str]] = None, port: int = 80,
-            name: str = "tcpcopy", ready: bool = True) -> Proc:
+            name: str = "tcpcopy", ready: bool = True, python: str = sys.executable) -> Proc:
     t, a = lab.ip["target"], lab.ip["assistant"]
     return Proc(lab, "online", "tcpcopy",
-                ["-x", f"{port}-{t}:{port}", "-s", a, *(extra or [])], workdir, name, ready)
+                ["-x", f"{port}-{t}:{port}", "-s", a, *(extra or [])], workdir, name, ready,
+                python=python)
