@@ -384,9 +384,7 @@ class Comparer:
         if not force and (firsts[0] is None or not any(b is not None for b in firsts[1:])):
             return  # wait for the online side's first request and a copy's
         known = [b for b in firsts if b is not None]
-        if not known:
-            return
-        floor = known[0]
+        floor = known[0] if known else -1  # -1: no side saw a request byte (forced)
         for b in known[1:]:
             if seq_lt(floor, b):
                 floor = b
@@ -400,9 +398,10 @@ class Comparer:
     def _rows(self, f: Flow, conn: Conn, got: List[Any], now: float) -> None:
         online = conn is f.online
         base = conn.pair.req_base
+        floor = f.floor if f.floor is not None else -1
         for s in got:
-            if not conn.taken and base is not None and s.off is not None and \
-                    seq_lt((base + s.off) & 0xFFFFFFFF, f.floor):  # type: ignore[arg-type]
+            if not conn.taken and base is not None and s.off is not None and floor >= 0 and \
+                    seq_lt((base + s.off) & 0xFFFFFFFF, floor):
                 self.c["compare_before_copy"] += 1  # seen by one side only
                 continue
             n = conn.taken

@@ -334,3 +334,17 @@ def test_path_correction_is_the_targets_smallest_recent_handshake_at_answer_time
     # 1: the 1 ms handshake counts; 2: so it does after forty 20 ms ones;
     # 3: a minute later only the last 20 ms handshake is left (6 ms - 20 ms: never negative)
     assert [round(f, 3) for f in firsts] == [5.0, 5.0, 0.0], firsts
+
+
+def test_answers_without_any_request_are_still_written_at_the_flows_end():
+    """Neither side saw a request byte (the engine knows the flow, no copy has
+    started; online only answered a request the capture missed): nothing to
+    align on, and the flow's end still writes the answer."""
+    w = World()
+    w.client(5000, 9000, ACK, b"", 0.0)  # a pure ACK: the flow is known, no request
+    w.server(9000, 5000, ACK | PSH, answer(200, b"{}"), 0.01)
+    for t in (0.7, 6.0):  # the answer waits 0.5 s for a request; the timeout forces it
+        w.cmp.on_timer(t)
+    w.cmp.finish(10.0)
+    recs = w.cmp.take_records()
+    assert len(recs) == 1 and recs[0]["answers"]["online"]["size"] > 0, recs
