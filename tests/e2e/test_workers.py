@@ -209,3 +209,30 @@ def test_without_L_losing_intercept_stops_every_worker_with_status_1(lab, workdi
         assert "died unexpectedly: exit status 1" in log
     finally:
         tc.stop()
+
+
+def test_delay_with_two_workers_holds_every_request_in_both(lab, workdir, http_servers, logs):
+    """--delay 50ms with --workers 2: each worker holds its own flows' packets
+    (the servers' logs are the clock: a copy without the delay comes ~1 ms
+    after online, so 40 ms leaves room for either server's scheduling)."""
+    ic = intercept(lab, workdir, name="intercept-w2-delay")
+    tc = _tcpcopy_workers(lab, workdir, "tcpcopy-w2-delay", ["--delay", "50ms"])
+    try:
+        ka = run_client(lab, requests=200, connections=4, mode="keepalive", tag="wdlk", delay=0.01)
+        sc = run_client(lab, requests=100, connections=4, mode="close", tag="wdlc", delay=0.01)
+        assert ka["ok"] == 200 and sc["ok"] == 100, (ka["errors"][:3], sc["errors"][:3])
+        online = {r["path"]: r["time"] for r in logs("online", 300) if "/wdl" in r["path"]}
+        target = {r["path"]: r["time"] for r in logs("target", 300, timeout=30)
+                  if "/wdl" in r["path"]}
+        doc = _settled(tc, "requests_sent", 300)
+    finally:
+        code = tc.stop()
+        ic.stop()
+    assert code == 0, tc.log()[-3000:]
+    assert set(target) == set(online) and len(online) == 300
+    lags = sorted(target[p] - online[p] for p in online)
+    print(f"\n--workers 2 --delay 50ms: target later by min {lags[0] * 1e3:.1f} ms, "
+          f"median {lags[150] * 1e3:.1f} ms, max {lags[-1] * 1e3:.1f} ms")
+    assert lags[0] >= 0.040 and lags[150] >= 0.050
+    for w in doc["per_worker"].values():  # both workers delayed traffic of their own
+        assert w["counters"]["requests_sent"] > 0
