@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_engine import ONLINE, TARGET, record_trace  # noqa: E402
 from pycopy_engine.core.engine import Engine, EngineConfig  # noqa: E402
-from pycopy_engine.core.flowhash import flow_slot  # noqa: E402
+from pycopy_engine.core.flowhash import flow_slot, own_flows  # noqa: E402
 from pycopy_engine.core.mapping import TargetMap  # noqa: E402
 from pycopy_engine.core.offline import Replay  # noqa: E402
 from pycopy_engine.io.pcapfile import PcapReader, PcapWriter  # noqa: E402
@@ -77,7 +77,7 @@ def replay_file(path: str, answers: list[list[bytes]],
     eng = Engine(EngineConfig(maps=[TargetMap(ONLINE, 80, TARGET, 80)], seed=1))
     on_capture, on_record, take = eng.on_capture, eng.on_record, eng.take_output
     if count > 1:  # as tcpcopy --workers does offline (without -I)
-        rp = Replay(lambda: PcapReader(path, slot=(index, count)), rounds=1, speed=1e9)
+        rp = Replay(lambda: own_flows(PcapReader(path), index, count), rounds=1, speed=1e9)
     else:
         rp = Replay(lambda: PcapReader(path), rounds=1, speed=1e9)
     clock = time.monotonic
@@ -88,7 +88,7 @@ def replay_file(path: str, answers: list[list[bytes]],
         now = clock()
         due = rp.due(now + 1e6, BATCH)  # everything is due: top speed
         for _rnd, _ts, pkt in due:
-            if pkt is None:  # another slot's first or last packet (PcapReader slot)
+            if pkt is None:  # another slot's first or last packet (own_flows)
                 continue
             on_capture(pkt, now)
             take()  # the discard sink

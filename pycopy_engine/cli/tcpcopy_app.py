@@ -10,7 +10,7 @@ import time
 from typing import Any, List, Optional, Tuple
 
 from ..core.engine import Engine, EngineConfig
-from ..core.flowhash import flow_slot
+from ..core.flowhash import flow_slot, own_flows
 from ..core.stats import Stats
 from ..errors import PycopyError
 from ..io import bpf, workers
@@ -129,10 +129,10 @@ class TcpCopyApp:
         self._slot_filter = count > 1 and bool(self.args.idle_skip)
 
         def open_packets():
-            # (the reader skips the other slots' packets before copying them)
-            r = PcapReader(path, slot=(index, count) if count > 1 and not self.args.idle_skip
-                           else None)
+            r = PcapReader(path)
             self.readers.append(r)
+            if count > 1 and not self.args.idle_skip:
+                return own_flows(r, index, count)
             return r
 
         self.replay = Replay(open_packets, self.args.rounds, self.args.speed, self.args.idle_skip)

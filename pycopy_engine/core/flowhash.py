@@ -21,19 +21,13 @@ _PORTS = struct.Struct("!HH")
 
 def flow_slot(pkt: bytes | memoryview, count: int) -> int:
     """The slot (0..count-1) of the IPv4/TCP packet ``pkt`` (from the IP header)."""
-    return flow_slot_at(pkt, 0, len(pkt), count)
-
-
-def flow_slot_at(buf: bytes | memoryview, off: int, end: int, count: int) -> int:
-    """:func:`flow_slot` of the packet ``buf[off:end]``, without cutting it out
-    (a capture file's reader skips the other slots' packets before copying)."""
-    if count <= 1 or end - off < 24 or buf[off] >> 4 != 4 or buf[off + 9] != 6:
+    if count <= 1 or len(pkt) < 24 or pkt[0] >> 4 != 4 or pkt[9] != 6:
         return 0
-    ihl = (buf[off] & 0x0F) << 2
-    if ihl < 20 or end - off < ihl + 4:
+    ihl = (pkt[0] & 0x0F) << 2
+    if ihl < 20 or len(pkt) < ihl + 4:
         return 0
-    src, dst = _ADDRS.unpack_from(buf, off + 12)
-    sport, dport = _PORTS.unpack_from(buf, off + ihl)
+    src, dst = _ADDRS.unpack_from(pkt, 12)
+    sport, dport = _PORTS.unpack_from(pkt, ihl)
     a = (src << 16) | sport
     b = (dst << 16) | dport
     # a tuple of ints hashes the same in every process (no hash seed for ints)

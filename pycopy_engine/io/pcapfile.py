@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from pycopy_engine.core.flowhash import flow_slot_at, own_flows
 from pycopy_engine.errors import ConfigError
 
 CHUNK = 1 << 20
@@ -138,13 +137,8 @@ def ip_end(buf: bytes, off: int, end: int) -> int:
 class PcapReader:
     """Iterate ``(timestamp, ip_packet_bytes)`` over a pcap or pcapng file."""
 
-    def __init__(self, path: str, keep_truncated: bool = False, chunk: int = CHUNK,
-                 slot: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str, keep_truncated: bool = False, chunk: int = CHUNK) -> None:
         self.path = str(path)
-        # (index, count): only the packets of flow slot ``index`` of ``count``
-        # (core/flowhash.py: tcpcopy --workers N offline), as own_flows() gives
-        # them, but skipped before they are copied out
-        self.slot = slot if slot is not None and slot[1] > 1 else None
         self.keep_truncated = keep_truncated
         self.chunk = chunk
         self.records = 0  # capture records read (packet blocks for pcapng)
@@ -225,91 +219,60 @@ class PcapReader:
     def _iter_and_close(self) -> Iterator[tuple[float, bytes]]:
         """The file is closed when iteration ends (``stopped_at`` etc. stay readable)."""
         try:
-            if self.format == "pcap":
-                yield from self._iter_pcap()
-            elif self.slot is not None:
-                yield from own_flows(self._iter_pcapng(), *self.slot)
-            else:
-                yield from self._iter_pcapng()
+            yield from self._iter_pcap() if self.format == "pcap" else self._iter_pcapng()
         finally:
             self.close()
 
     # -- pcap -------------------------------------------------------------
-    def _iter_pcap(self) -> Iterator[tuple[float, Any]]:
-        """The records; with ``slot``, another slot's packet is skipped, but the
-        file's first record and (when another slot's) last one come out as
-        ``(timestamp, None)``: the pacer's schedule is the whole file's."""
-        tail: list = []
-        yield from self._iter_pcap_records(tail)
-        if tail:
-            yield tail[0], None
-
-    def _iter_pcap_records(self, tail: list) -> Iterator[tuple[float, Any]]:
+    def _iter_pcap(self) -> Iterator[tuple[float, bytes]]:
         unpack = self._rec.unpack_from
         div = 1e9 if self.nanosecond else 1e6
         linktype = self.linktype
         limit = max(self.snaplen, MAX_CAPLEN)
         keep = self.keep_truncated
-        index, count = self.slot if self.slot is not None else (0, 1)
-        first = True
-        other: tuple[int, int] | None = None  # the last record, when another slot's
         buf, pos = self._buf, self._pos
-        try:
-            while True:
-                if len(buf) - pos < 16:
-                    self._pos = pos
-                    ok = self._fill(16)
-                    buf, pos = self._buf, self._pos
-                    if not ok:
-                        if len(buf) > pos:
-                            self._stop(
-                                self._base + pos,
-                                f"truncated record header ({len(buf) - pos} of 16 bytes)",
-                            )
-                        return
-                sec, frac, caplen, wirelen = unpack(buf, pos)
-                if caplen > limit:
-                    self._stop(self._base + pos, f"corrupt record: caplen {caplen} > {limit}")
+        while True:
+            if len(buf) - pos < 16:
+                self._pos = pos
+                ok = self._fill(16)
+                buf, pos = self._buf, self._pos
+                if not ok:
+                    if len(buf) > pos:
+                        self._stop(
+                            self._base + pos,
+                            f"truncated record header ({len(buf) - pos} of 16 bytes)",
+                        )
+                    return
+            sec, frac, caplen, wirelen = unpack(buf, pos)
+            if caplen > limit:
+                self._stop(self._base + pos, f"corrupt record: caplen {caplen} > {limit}")
+                return
+            start = pos + 16
+            end = start + caplen
+            if end > len(buf):
+                self._pos = pos
+                ok = self._fill(16 + caplen)
+                buf, pos = self._buf, self._pos
+                if not ok:
+                    self._stop(
+                        self._base + pos,
+                        f"truncated packet data ({len(buf) - pos - 16} of {caplen} bytes)",
+                    )
                     return
                 start = pos + 16
                 end = start + caplen
-                if end > len(buf):
-                    self._pos = pos
-                    ok = self._fill(16 + caplen)
-                    buf, pos = self._buf, self._pos
-                    if not ok:
-                        self._stop(
-                            self._base + pos,
-                            f"truncated packet data ({len(buf) - pos - 16} of {caplen} bytes)",
-                        )
-                        return
-                    start = pos + 16
-                    end = start + caplen
-                pos = end
-                self.records += 1
-                if caplen < wirelen:
-                    self.truncated += 1
-                    if not keep:
-                        continue
-                off = l3_offset(linktype, buf, start, end)
-                if off < 0:
-                    self.non_ip += 1
+            pos = end
+            self.records += 1
+            if caplen < wirelen:
+                self.truncated += 1
+                if not keep:
                     continue
-                self.packets += 1
-                end = ip_end(buf, off, end)
-                if count > 1 and flow_slot_at(buf, off, end, count) != index:
-                    if first:
-                        first = False
-                        yield sec + frac / div, None
-                    else:
-                        other = (sec, frac)
-                    continue
-                first = False
-                other = None
-                yield sec + frac / div, buf[off:end]
-        finally:  # (also at a return: the end of the file, or a damaged record)
-            if other is not None:
-                tail.append(other[0] + other[1] / div)
+            off = l3_offset(linktype, buf, start, end)
+            if off < 0:
+                self.non_ip += 1
+                continue
+            self.packets += 1
+            yield sec + frac / div, buf[off : ip_end(buf, off, end)]
 
     # -- pcapng -----------------------------------------------------------
     def _iter_pcapng(self) -> Iterator[tuple[float, bytes]]:

@@ -4,10 +4,8 @@ offline flow slots (core/flowhash.py) keep each flow in one worker."""
 
 from __future__ import annotations
 
-import os
 import random
 import struct
-import tempfile
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +13,6 @@ from hypothesis import strategies as st
 from pycopy_engine.core.flowhash import flow_slot, own_flows
 from pycopy_engine.core.mapping import AddressMapper
 from pycopy_engine.core.portpool import worker_port, worker_ports
-from pycopy_engine.io.pcapfile import PcapReader, PcapWriter
 
 IP = bytes([10, 1, 2, 3])
 TIP = bytes([10, 9, 9, 9])
@@ -106,21 +103,3 @@ def test_own_flows_keeps_the_files_schedule_and_only_its_slot(flows, count):
             assert len(out) <= len(mine) + 2
         else:
             assert out == []
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 60000), st.integers(1, 3)), max_size=30),
-       st.integers(2, 4))
-def test_the_readers_slot_filter_gives_what_own_flows_gives(flows, count):
-    """PcapReader(slot=...) skips the other slots' packets before copying them
-    (tcpcopy --workers offline): the same pairs as own_flows over all of them."""
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "f.pcap")
-        with PcapWriter(path) as w:
-            for t, (p, c) in enumerate(flows):
-                w.write(float(t), _pkt([10, 0, 0, c], p, [10, 0, 0, 11], 80))
-            w.write(float(len(flows)), b"\x60" + bytes(59))  # IPv6: slot 0
-        for index in range(count):
-            want = list(own_flows(PcapReader(path), index, count))
-            got = list(PcapReader(path, slot=(index, count)))
-            assert got == want
