@@ -11,6 +11,7 @@ time per request of tcpcopy and of intercept (utime + stime from /proc).
     python3 bench/run.py --compare --rates 5000 --modes keepalive   # with tcpcopy --compare
     python3 bench/run.py --rates max --modes keepalive --tcpcopy-args '-i eth0'   # AF_PACKET ring
     PYCOPY_C_TOOLS=/opt/tcpcopy-1.0/bin python3 bench/run.py --repeats 2   # side by side with C
+    python3 bench/run.py --py-spy /tmp/prof --rates 5000 --modes keepalive   # where the CPU goes
 
 In own-address mode the intercept column is empty: tcpcopy's own CPU per
 request is what compares with tcpcopy + intercept of the classic rows.
@@ -42,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import pyspy  # noqa: E402
 from bench.sidebyside import PY, C, Measure, plan_runs, render_table, summarize  # noqa: E402
 from tests.lab.netns import Lab, LabError, cleanup_prefix  # noqa: E402
 
@@ -68,10 +70,14 @@ http {{
 """
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_user_system(pid: int) -> tuple[float, float]:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_user_system(pid))
 
 
 def lines(path: Path) -> int:
@@ -175,6 +181,11 @@ class Pair:
                 time.sleep(0.05)
         return None
 
+    def cpu_split(self) -> list[tuple[str, tuple[float, float]]]:
+        """(program, (user, system) seconds) of each running process."""
+        return [(prog, cpu_user_system(p.pid))
+                for prog, p in (("tcpcopy", self.tc), ("intercept", self.ic)) if p is not None]
+
     def cpu(self) -> tuple[float, float]:
         return cpu_seconds(self.tc.pid), cpu_seconds(self.ic.pid) if self.ic else 0.0
 
@@ -206,6 +217,10 @@ def main() -> int:
                     help="runs of each point per tool, medians printed (2 with C, else 1)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--profile", help="write a cProfile of tcpcopy here")
+    ap.add_argument("--py-spy", metavar="DIR",
+                    help="sample pycopy's tcpcopy and intercept with py-spy during each run,"
+                         " write the raw profiles to DIR and print their heaviest functions"
+                         " and each process's user/system CPU per request")
     ap.add_argument("--tcpcopy-args", default="",
                     help="extra options of pycopy's tcpcopy, e.g. '-i eth0'")
     ap.add_argument("--c-tcpcopy-args", default="", help="extra options of the C tcpcopy")
@@ -220,6 +235,10 @@ def main() -> int:
     ap.add_argument("--prefix", default=PREFIX, help=f"lab prefix ({PREFIX})")
     ap.add_argument("--subnet", default=SUBNET, help=f"lab subnet ({SUBNET})")
     args = ap.parse_args()
+    if args.py_spy:
+        if not pyspy.available():
+            sys.exit("bench: --py-spy: py-spy is not installed (pip install py-spy)")
+        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed (apt-get install nginx-light wrk)")
@@ -265,7 +284,14 @@ def main() -> int:
                 argv = wrk_argv(run.mode, run.rate, args, f"http://{o}/", lua)
                 on0, ta0 = lines(work / "access-online.log"), lines(work / "access-target.log")
                 c_tc, c_ic = pair.cpu()
+                split0 = pair.cpu_split()
                 d0 = pair.drops()
+                spies = []
+                if args.py_spy and run.tool == PY:
+                    for prog, proc in (("tcpcopy", pair.tc), ("intercept", pair.ic)):
+                        if proc is not None:
+                            out = Path(args.py_spy) / f"{prog}-{run.mode}-{run.rate}-{n}.txt"
+                            spies.append((out, pyspy.record(proc.pid, out, args.duration)))
                 t0 = time.monotonic()
                 r = lab.run("client", argv, check=False, timeout=args.duration + 60)
                 if r.returncode:
@@ -274,6 +300,7 @@ def main() -> int:
                 on1 = wait_stable(work / "access-online.log")
                 ta1 = wait_stable(work / "access-target.log")
                 e_tc, e_ic = pair.cpu()
+                split1 = pair.cpu_split()
                 time.sleep(0.6)  # one more --stats-interval: the drops gauge is current
                 d1 = pair.drops()
                 n_on, n_ta = on1 - on0, ta1 - ta0
@@ -288,6 +315,18 @@ def main() -> int:
                 print(f"{run.tool:<8}{run.mode:<10}{run.rate:>9}{m.achieved:>12.0f}"
                       f"{100 * m.fidelity:>9.2f}%{m.tcpcopy_us:>16.1f}{ic_us:>18}{drops:>14}",
                       flush=True)
+                if spies:
+                    for (prog, (u0, s0)), (u1, s1) in zip(split0, [x[1] for x in split1]):
+                        if n_on:
+                            print(f"  {prog}: user {1e6 * (u1 - u0) / n_on:.1f} + system"
+                                  f" {1e6 * (s1 - s0) / n_on:.1f} us/req")
+                    for out, spy in spies:
+                        try:
+                            spy.wait(timeout=30)
+                        except subprocess.TimeoutExpired:
+                            spy.kill()
+                            spy.wait()
+                        print(pyspy.top(out))
                 time.sleep(1.0)
         finally:
             if pair is not None:
