@@ -183,3 +183,64 @@ def test_stop_before_run_is_honoured():
         t0 = time.monotonic()
         loop.run()
         assert time.monotonic() - t0 < 1.0
+
+
+def test_error_and_hangup_wake_the_reader_and_the_writer():
+    """epoll reports a reset as EPOLLERR|EPOLLHUP: the reader (to read the
+    error or EOF) and the writer (to fail its send) both run, as they did
+    with selectors."""
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    with Loop() as loop:
+        woke = []
+        b.close()  # a: EOF (EPOLLIN|EPOLLHUP)
+        loop.add_reader(a, lambda: woke.append("reader-a"))
+        d.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.setblocking(False)
+        loop.add_writer(c, lambda: woke.append("writer-c"))
+        d.close()
+        loop.run_once(1.0)
+        assert sorted(woke) == ["reader-a", "writer-c"]
+        assert a.recv(10) == b""
+        loop.remove_reader(a)
+        loop.remove_writer(c)
+    a.close()
+    c.close()
+
+
+def test_a_reader_removed_by_an_earlier_callback_of_the_same_turn_does_not_run():
+    pairs = [socket.socketpair() for _ in range(2)]
+    with Loop() as loop:
+        ran = []
+
+        def first(i: int):
+            ran.append(i)
+            loop.remove_reader(pairs[1 - i][0])  # the other one, ready in this turn too
+
+        for i, (r, w) in enumerate(pairs):
+            w.send(b"x")
+            loop.add_reader(r, lambda i=i: first(i))
+        loop.run_once(1.0)
+        assert len(ran) == 1
+        loop.remove_reader(pairs[ran[0]][0])
+    for r, w in pairs:
+        r.close()
+        w.close()
+
+
+def test_a_socket_closed_without_remove_can_be_removed_and_its_number_reused():
+    with Loop() as loop:
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        loop.add_reader(a, lambda: None)
+        a.close()  # epoll forgets it; the loop's table does not
+        loop.remove_reader(fd)  # no error
+        c, d = socket.socketpair()
+        got: list[int] = []
+        loop.add_reader(c, lambda: got.append(1))  # likely the same number again
+        d.send(b"x")
+        loop.run_once(1.0)
+        assert got == [1]
+        loop.remove_reader(c)
+        for s in (b, c, d):
+            s.close()
