@@ -26,6 +26,7 @@ from pycopy_engine.io.capture import (
     open_raw_ip_capture,
 )
 from pycopy_engine.io.rawsend import RawSender
+from pycopy_engine.io.stamped import has_stamps, read_stamped
 from tests.lab.services import run_client
 
 pytestmark = pytest.mark.lab
@@ -118,6 +119,32 @@ def test_packet_capture_sees_client_to_online(lab, servers, version):
         assert all(p["caplen"] == p["tot_len"] for p in pkts)  # whole packets
         st = cap.kernel_stats()
         assert st["drops"] == 0 and st["truncated"] == 0 and st["packets"] >= len(pkts)
+    finally:
+        cap.close()
+
+
+@pytest.mark.parametrize("version", [2, 3, 0], ids=["ring-v2", "ring-v3", "recvmmsg"])
+def test_read_stamped_gives_each_packet_its_kernel_capture_time(lab, servers, version):
+    """Both ring versions stamp every packet (wall clock) between the moment
+    before the client ran and the read (--delay holds packets from it); socket
+    reads give None."""
+    prog = bpf.compile_filter("tcp and dst port 80")
+    with lab.inside("online"):
+        cap = open_packet_capture(["eth0"], prog, ring=bool(version), version=version or None)
+    try:
+        assert has_stamps(cap) == bool(version)
+        before = time.time()
+        assert run_client(lab, requests=5, connections=1, mode="close", tag=f"ts{version}")["ok"] == 5
+        got: list = []
+        deadline = time.monotonic() + 3.0
+        while len(got) < 15 and time.monotonic() < deadline:  # 3 per request at least
+            select.select([cap], [], [], 0.05)
+            read_stamped(cap, lambda pkt, ts: got.append((parse(pkt), ts, time.time())))
+        assert len(got) >= 15
+        if not version:
+            assert all(ts is None for _p, ts, _r in got)
+            return
+        assert all(before <= ts <= read for _p, ts, read in got)
     finally:
         cap.close()
 
