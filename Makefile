@@ -2,7 +2,7 @@
 PY ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps unit e2e lint molecule bench wheel
+.PHONY: demo test deps unit e2e lint molecule bench wheel accel accel-clean
 
 demo: deps            ## the main job on the built-in local lab (as root)
 	bash scripts/demo.sh
@@ -28,6 +28,12 @@ molecule: deps
 bench:
 	PYCOPY_EXTRA_APT=nginx-light bash scripts/install-deps.sh
 	$(PY) bench/run.py
+
+accel:                ## optional: the engine's hot modules compiled with mypyc, in place
+	$(PY) scripts/build_accel.py
+
+accel-clean:          ## back to the pure-Python engine
+	$(PY) scripts/build_accel.py --clean
 
 wheel:
 	$(PY) -m pip wheel --no-deps -w dist .

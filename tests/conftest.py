@@ -59,3 +59,19 @@ def http_servers(lab: Lab, lab_workdir: Path) -> Iterator[dict[str, HttpServerPr
     finally:
         for s in servers.values():
             s.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With a compiled engine in this tree (make accel), the tests that replace
+    an engine method cannot run: they are skipped, saying so."""
+    marked = [i for i in items if i.get_closest_marker("pure_only")]
+    if not marked:
+        return
+    from pycopy_engine import accel
+
+    if not accel.status(load=True)["compiled"]:
+        return
+    skip = pytest.mark.skip(reason="replaces an engine method: the engine here is compiled"
+                                   " (make accel); PYCOPY_PURE=1 runs it")
+    for item in marked:
+        item.add_marker(skip)

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
+from .. import accel
 from ..core.router import Combiner, Router
 from ..core.routeshare import Remote
 from ..core.stats import Stats
@@ -277,6 +278,7 @@ class InterceptApp:
     def run(self) -> int:
         args = self.args
         self.log.log(25, "%s", version_line("intercept"))
+        self.log.info("%s", accel.describe())  # make accel: pycopy_engine/accel.py
         if self.workers is not None:
             self.log.log(25, "worker %d of %d: capture on %s (its fanout share), filter: %s",
                          self.workers.index, self.workers.n, args.iface or "all interfaces",

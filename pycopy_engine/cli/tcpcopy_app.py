@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any, List, Optional, Tuple
 
+from .. import accel
 from ..core.engine import Engine, EngineConfig
 from ..core.flowhash import flow_slot, own_flows
 from ..core.stats import Stats
@@ -342,6 +343,7 @@ class TcpCopyApp:
         args = self.args
         log = self.log
         log.log(25, "%s", version_line("tcpcopy"))
+        log.info("%s", accel.describe())  # make accel: pycopy_engine/accel.py
         log.log(25, "target: %s", ",".join(
             "%s%d->%s:%d" % ((bpf.socket.inet_ntoa(m.online_ip) + ":") if m.online_ip else "",
                              m.online_port, bpf.socket.inet_ntoa(m.target_ip), m.target_port)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pycopy_engine.core.engine import Engine, EngineConfig
 from pycopy_engine.core.mapping import TargetMap
 from pycopy_engine.wire.control import CLT
@@ -197,6 +199,7 @@ def test_retransmission_after_loss():
     assert [l for _p, l in target.log] == [l for _p, l in online.log]
 
 
+@pytest.mark.pure_only  # replaces Engine.take_output
 def test_window_respected():
     eng, target, wire = make(target_kw={"window": 2000, "wscale": None})
     online = SimServer(ONLINE, 80, seed=5)

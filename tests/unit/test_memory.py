@@ -172,6 +172,7 @@ def test_allocator_raises_port_exhausted_when_every_port_is_live():
         m.allocate(CLIENT, 40000, 0, TARGET, 80, lambda key: True)
 
 
+@pytest.mark.pure_only  # replaces Engine._in_use
 def test_port_exhaustion_is_counted_and_the_session_skipped():
     natted = parse_ip("10.5.0.1")
     eng, target, wire = make(clt_ips=[natted], replicas=2)

@@ -146,6 +146,7 @@ def test_state_changes_only_in_set_state():
 # ---------------------------------------------------------------- containment
 
 
+@pytest.mark.pure_only  # makes a Session method raise
 @pytest.mark.parametrize("where", ["on_client", "on_response", "pump"])
 def test_exception_in_one_session_resets_it_and_the_others_carry_on(monkeypatch, caplog, where):
     eng, target, wire = make()
