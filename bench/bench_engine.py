@@ -91,6 +91,9 @@ def main() -> int:
     ap.add_argument("--unattended", action="store_true",
                     help="with the brake and health hooks set (tcpcopy's default)")
     args = ap.parse_args()
+    from pycopy_engine import accel  # make accel (docs/accel.md); PYCOPY_PURE=1: pure
+
+    print(accel.describe(load=True), flush=True)
     global CLOCK
     if args.cpu:
         CLOCK = time.process_time

@@ -188,6 +188,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1,
                     help="also time N forked workers sharing the file by flow hash")
     args = ap.parse_args()
+    from pycopy_engine import accel  # make accel (docs/accel.md); PYCOPY_PURE=1: pure
+
+    print(accel.describe(load=True), flush=True)
     from pycopy_engine.cli.common import tune_gc
 
     tune_gc()  # as the commands do

@@ -235,6 +235,9 @@ def main() -> int:
     ap.add_argument("--prefix", default=PREFIX, help=f"lab prefix ({PREFIX})")
     ap.add_argument("--subnet", default=SUBNET, help=f"lab subnet ({SUBNET})")
     args = ap.parse_args()
+    from pycopy_engine import accel  # make accel (docs/accel.md); PYCOPY_PURE=1: pure
+
+    print(accel.describe(load=True), flush=True)
     if args.py_spy:
         if not pyspy.available():
             sys.exit("bench: --py-spy: py-spy is not installed (pip install py-spy)")
