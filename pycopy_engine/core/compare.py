@@ -81,11 +81,14 @@ class Conn:
 
 
 class Flow:
-    __slots__ = ("text", "online", "copies", "rows", "last", "oldest", "low", "emitted",
+    __slots__ = ("text", "conn", "online", "copies", "rows", "last", "oldest", "low", "emitted",
                  "floor", "pend_at")
 
-    def __init__(self, text: str, online: Conn) -> None:
+    def __init__(self, text: str, online: Conn, conn: int = 0) -> None:
         self.text = text
+        # the connection's number in this run: a client port reused by a new
+        # connection is another flow with the same text, numbering from 0 again
+        self.conn = conn
         self.online = online
         self.copies: Dict[Key, Conn] = {}
         # request number -> [since, t, req, proto, {label: answer}]
@@ -126,6 +129,7 @@ class Comparer:
         self.idle = idle
         self.stall = stall
         self.flows: Dict[tuple, Flow] = {}
+        self.conns = 0  # connections followed so far (each Flow's number)
         self.copies: Dict[Key, Tuple[Flow, Conn]] = {}
         # target label -> (time, handshake path) of its last PATH_WINDOW
         # seconds, ascending in path (a sliding-window minimum: the first is
@@ -196,7 +200,8 @@ class Comparer:
         if len(self.flows) >= self.max_flows:
             self.c["compare_dropped_flows"] += 1
             return None
-        f = Flow(_text(key[0], key[1]), self._new_conn(key[3], "online"))
+        self.conns += 1
+        f = Flow(_text(key[0], key[1]), self._new_conn(key[3], "online"), self.conns)
         f.last = now
         if start is not None:
             f.online.pair.start_at(start)
@@ -454,7 +459,7 @@ class Comparer:
             del f.rows[n]
             rec: Dict[str, Any] = {
                 "t": round((row[1] if row[1] is not None else row[0]) + self.wall_offset, 6),
-                "flow": f.text, "n": n, "proto": row[3], "req": row[2],
+                "flow": f.text, "conn": f.conn, "n": n, "proto": row[3], "req": row[2],
                 "answers": {lb: answers.get(lb) for lb in labels}}
             missing = [lb for lb in labels if lb not in answers]
             if missing:

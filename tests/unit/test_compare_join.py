@@ -62,14 +62,14 @@ def answer(status: int, body: bytes) -> bytes:
 
 
 def run_exchange(w: World, target_status=(200, 200, 200), path_delay=0.010, drop_target=(),
-                 item_later=0.0):
-    c0, s0, t0 = 5000, 9000, 70000
-    w.client(c0, 0, SYN, b"", 0.0)
-    w.server(s0, c0 + 1, SYN | ACK, b"", 0.0)
-    w.sent(c0, 0, SYN, b"", 0.0)
-    w.target(t0, c0 + 1, SYN | ACK, b"", path_delay)  # handshake: path measured
+                 item_later=0.0, isns=(5000, 9000, 70000), start=0.0):
+    c0, s0, t0 = isns
+    w.client(c0, 0, SYN, b"", start)
+    w.server(s0, c0 + 1, SYN | ACK, b"", start)
+    w.sent(c0, 0, SYN, b"", start)
+    w.target(t0, c0 + 1, SYN | ACK, b"", start + path_delay)  # handshake: path measured
     c, s, t = c0 + 1, s0 + 1, t0 + 1
-    now = 1.0
+    now = start + 1.0
     for i, req in enumerate(REQ):
         body = b'{"id": %d, "name": "n%d"}' % (i, i)
         ans = answer(200, body)
@@ -87,6 +87,20 @@ def run_exchange(w: World, target_status=(200, 200, 200), path_delay=0.010, drop
         t += len(tans)
         now += 0.1
     return now
+
+
+def test_a_reused_client_port_is_another_connection_numbered_from_0():
+    """The client reuses its port for a new connection (the server closed
+    first: its TIME_WAIT takes a higher ISN): records of the two connections
+    share the flow text and the request numbers, not ``conn``."""
+    w = World()
+    now = run_exchange(w)
+    now = run_exchange(w, isns=(800000, 900000, 700000), start=now + 1.0)
+    w.cmp.finish(now + 1.0)
+    recs = w.cmp.take_records()
+    assert [(r["conn"], r["n"]) for r in recs] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    assert {r["flow"] for r in recs} == {"10.1.0.10:40000"}
+    assert all(r["answers"]["10.1.0.12:8080"] is not None for r in recs)
 
 
 def test_each_request_gets_the_online_and_the_target_answer():
