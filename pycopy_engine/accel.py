@@ -48,6 +48,7 @@ PKG_DIR = Path(__file__).resolve().parent
 MANIFEST = PKG_DIR / "_accel_manifest.json"
 
 _state: Dict[str, Any] = {"reason": None}
+_PURE_ASKED = "PYCOPY_PURE is set"
 
 
 def source_path(module: str) -> Path:
@@ -79,7 +80,7 @@ def write_manifest() -> None:
 def _mismatch() -> Optional[str]:
     """Why the build present must not be used, or None when it may."""
     if os.environ.get("PYCOPY_PURE", "") not in ("", "0"):
-        return "PYCOPY_PURE is set"
+        return _PURE_ASKED
     try:
         manifest = json.loads(MANIFEST.read_text())
     except FileNotFoundError:
@@ -90,7 +91,7 @@ def _mismatch() -> Optional[str]:
         return "built for %s, this is %s" % (manifest.get("cache_tag"),
                                              sys.implementation.cache_tag)
     sources = manifest.get("sources") or {}
-    changed = [m.rsplit(".", 2)[-2] + "/" + m.rsplit(".", 1)[-1] + ".py" for m in MODULES
+    changed = ["/".join(m.split(".")[1:]) + ".py" for m in MODULES
                if sources.get(m) != source_hash(m)]
     if changed:
         return "source changed since the build: %s (rebuild: make accel)" % ", ".join(changed)
@@ -119,7 +120,7 @@ def guard() -> None:
         return
     _state["reason"] = reason
     sys.meta_path.insert(0, _SourceFirst())
-    if not os.environ.get("PYCOPY_PURE"):
+    if reason != _PURE_ASKED:  # asked for: nothing to warn about
         sys.stderr.write("pycopy: not using the compiled engine: %s\n" % reason)
 
 
