@@ -80,13 +80,15 @@ def test_tiny_ring_drops_are_counted_and_the_warning_names_the_option(lab, workd
         assert warn, log[-3000:]
         assert "[warn" in warn[0] and "raise -B (the -i capture ring, now 1 MB)" in warn[0]
         n = int(warn[0].split("the kernel dropped ")[1].split(" ")[0])
-        assert 0 < n <= drops
+        assert n > 0
     finally:
         tc.stop()
         ic.stop()
-    # the final statistics line reports the counter too
+    # the final statistics line reports the counter too; the counter only
+    # grows, so it holds what the warning and the earlier reading saw (both
+    # can be later than the other: the burst may still be dropping between)
     final = re.findall(r"capture: drops:(\d+),", tc.log())
-    assert final and int(final[-1]) >= drops
+    assert final and int(final[-1]) >= max(drops, n)
 
 
 def test_default_ring_holds_a_one_second_stall_without_loss(lab, workdir, http_servers, logs):

@@ -24,7 +24,8 @@ the bytes of an unfinished request it held (``partial``, ``partial_head``).
 
 Every response carries ``X-Server: <name>``.  One JSON line per request goes
 to the log (method, path, body length, body sha256, client ip and port,
-server name), flushed at least every 100 ms and on SIGTERM/SIGINT.
+``conn``: the connection's number since the server started, server name),
+flushed at least every 100 ms and on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -69,11 +70,14 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Serve
 
 
 class _Conn:
-    __slots__ = ("sock", "ip", "port", "inbuf", "out", "close_after", "closed", "reqs", "opened",
-                 "last_io", "hold_until")
+    __slots__ = ("sock", "ip", "port", "serial", "inbuf", "out", "close_after", "closed", "reqs",
+                 "opened", "last_io", "hold_until")
 
-    def __init__(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], serial: int) -> None:
         self.sock = sock
+        # the connection's number in this server's life: a client port can be
+        # reused by a later connection once the server closed the earlier one
+        self.serial = serial
         self.ip, self.port = addr[0], addr[1]
         self.inbuf = bytearray()
         self.out: list[memoryview] = []
@@ -106,6 +110,7 @@ class Server:
         self.pending_log: list[str] = []
         self.stopping = False
         self.requests = 0
+        self.accepted = 0
 
     # -- logging -------------------------------------------------------------
     def flush_log(self) -> None:
@@ -125,7 +130,8 @@ class Server:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock, addr)
+            self.accepted += 1
+            conn = _Conn(sock, addr, self.accepted)
             self.conns.add(conn)
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
@@ -213,6 +219,7 @@ class Server:
             "body_sha256": sha,
             "client_ip": conn.ip,
             "client_port": conn.port,
+            "conn": conn.serial,
             "server": self.name,
             "time": round(time.time(), 6),
         }
