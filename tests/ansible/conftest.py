@@ -24,6 +24,9 @@ def tool_env() -> dict[str, str]:
         ANSIBLE_FORCE_COLOR="0",
         NO_COLOR="1",
         PY_COLORS="0",
+        # the first bundle.yml of a run builds (test_bundle.py forces it); later
+        # ones keep that bundle while the engine source and the role are unchanged
+        PYCOPY_BUNDLE_REUSE="1",
     )
     return env
 

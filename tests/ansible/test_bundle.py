@@ -22,12 +22,27 @@ ARCHIVE = REPO / "out" / "bundle" / "pycopy-bundle.tar.gz"
 def bundle(tmp_path_factory):
     if shutil.which("apt-get") is None:
         pytest.skip("apt-get is needed to gather the Debian packages")
-    result = run(["ansible-playbook", "playbooks/bundle.yml"], timeout=600)
+    # a full build, whatever is in place (the other tests reuse it: tool_env)
+    result = run(["ansible-playbook", "playbooks/bundle.yml", "-e", "offline_bundle_reuse=false"],
+                 timeout=600)
     assert result.returncode == 0, tail(result)
+    assert ": reused, built from" not in result.stdout
     root = tmp_path_factory.mktemp("bundle")
     with tarfile.open(ARCHIVE) as archive:
         archive.extractall(root, filter="data")
     return root
+
+
+def test_a_second_build_from_the_same_inputs_reuses_the_bundle(bundle):
+    before = (ARCHIVE.stat().st_mtime_ns, hashlib.sha256(ARCHIVE.read_bytes()).hexdigest())
+    record = (ARCHIVE.parent / "pycopy-bundle.inputs").read_text().strip()
+    result = run(["ansible-playbook", "playbooks/bundle.yml", "-e", "offline_bundle_reuse=true"],
+                 timeout=120)
+    assert result.returncode == 0, tail(result)
+    out = " ".join(result.stdout.split())
+    assert f"pycopy-bundle.tar.gz: reused, built from these same inputs (offline_bundle_reuse; inputs {record[:12]})" in out
+    assert "Build the engine wheel" not in out
+    assert (ARCHIVE.stat().st_mtime_ns, hashlib.sha256(ARCHIVE.read_bytes()).hexdigest()) == before
 
 
 def test_manifest_checksums_match_every_file(bundle):
