@@ -17,10 +17,14 @@ per core.  The replay is checked: it must send every request of the file.
 
 ``--workers N`` adds the figure of ``tcpcopy --workers N`` offline: N forked
 processes each read the whole file and replay the flows of their hash slot
-(core/flowhash.py), started together; requests/s is every request of the
-file over the wall time until the last worker is done, printed for 1 worker
-(the same code, one slot) and N, with their ratio and the load average
-(the machine's other work shares the cores: a figure, never a pass/fail).
+(core/flowhash.py), started together; requests/s is every request of the file over the wall
+time until the last worker is done, printed for 1 worker (the same code,
+one slot) and N, with their ratio and the load average (the machine's other
+work shares the cores: a figure, never a pass/fail).  Then the machine's own
+ceiling: N copies of the 1-worker replay at once, which share nothing; where
+vCPUs are hyperthreads or the host is busy, each copy's CPU-second does less
+and N copies do less than N times the work, and the --workers ratio is
+printed as a share of that ceiling.
 """
 
 from __future__ import annotations
@@ -99,11 +103,12 @@ def replay_file(path: str, answers: list[list[bytes]],
     return time.process_time() - c0, clock() - w0, eng
 
 
-def replay_workers(path: str, answers: list[list[bytes]],
-                   count: int) -> tuple[float, list[int], list[float]]:
-    """``count`` forked workers replay their slots of ``path`` at once;
-    returns (wall seconds until the last is done, requests each sent, CPU
-    seconds each used)."""
+def replay_workers(path: str, answers: list[list[bytes]], count: int,
+                   copies: bool = False) -> tuple[float, list[int], list[float]]:
+    """``count`` forked workers replay their slots of ``path`` at once (with
+    ``copies``: each the whole file, as one worker alone would: the machine's
+    own ceiling for ``count`` such processes); returns (wall seconds until the
+    last is done, requests each sent, CPU seconds each used)."""
     pids, results, gos = [], [], []
     import gc
 
@@ -118,9 +123,10 @@ def replay_workers(path: str, answers: list[list[bytes]],
             try:
                 os.close(go_w)
                 os.close(res_r)
-                mine = answers if count == 1 else slot_answers(path, answers, index, count)
+                slot = (0, 1) if copies else (index, count)
+                mine = answers if slot[1] == 1 else slot_answers(path, answers, index, count)
                 os.read(go_r, 1)
-                cpu, _wall, eng = replay_file(path, mine, (index, count))
+                cpu, _wall, eng = replay_file(path, mine, slot)
                 os.write(res_w, b"%d %f" % (eng.stats.c["requests_sent"], cpu))
                 code = 0
             finally:
@@ -177,6 +183,21 @@ def bench_workers(path: str, answers: list[list[bytes]], reqs: int, count: int,
     print(f"  ratio {count} workers / 1 worker: {walls[1] / walls[count]:.2f}x; / the"
           f" unforked replay: {single_wall / walls[count]:.2f}x ({os.cpu_count()} CPUs,"
           f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
+    # what this machine gives any `count` CPU-bound processes: `count` copies of
+    # the 1-worker replay at once (no sharing at all); on shared or hyperthreaded
+    # vCPUs each copy's CPU-second does less, and no --workers ratio can beat this
+    best, cpus = float("inf"), []
+    for _ in range(repeat):
+        wall, got, cpu = replay_workers(path, answers, count, copies=True)
+        if got != [reqs] * count:
+            sys.exit(f"bench: a copy sent {got} of {reqs} requests")
+        if wall < best:
+            best, cpus = wall, cpu
+    per_cpu = " / ".join(f"{reqs / c:,.0f}" for c in cpus)
+    print(f"  the machine's ceiling: {count} copies of the 1-worker replay at once do"
+          f" {count * walls[1] / best:.2f}x one's work in its time (per CPU-second {per_cpu});"
+          f" --workers {count} reaches {walls[1] / walls[count] / (count * walls[1] / best):.0%}"
+          f" of that")
 
 
 def main() -> int:
