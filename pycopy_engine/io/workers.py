@@ -2,7 +2,8 @@
 
 :func:`run_workers` forks N children once the options are parsed (before any
 capture is opened: each child opens its own socket and joins the PACKET_FANOUT
-group whose id the parent chose, :attr:`Worker.fanout_group`), then
+group whose id the parent chose, :attr:`Worker.fanout_group`, one that no
+other program in the network namespace uses: io/fanoutids.py), then
 supervises them:
 
 * SIGINT, SIGTERM and SIGHUP (the stop signals the caller names) are
@@ -49,6 +50,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
 from pycopy_engine.core.statsmerge import merge_snapshots
+from pycopy_engine.io.fanoutids import pick_group
 from pycopy_engine.io.loop import Loop
 from pycopy_engine.io.workerside import (
     MSG_GO,
@@ -126,8 +128,10 @@ class Supervisor:
         self.stop_signals = tuple(stop_signals)
         self.on_reopen = on_reopen
         self.parent_pid = os.getpid()
-        # per network namespace; two supervisors alive at once have different pids
-        self.fanout_group = self.parent_pid & 0xFFFF
+        # an id per network namespace: from the pid on, the first that no other
+        # program's packet socket uses (io/fanoutids.py: joining theirs would
+        # split their traffic and ours without an error)
+        self.fanout_group, self.fanout_note = pick_group(self.parent_pid & 0xFFFF)
         self.children: list[_Child] = []
         self.stopping = False  # a stop was asked for (signal or a failed worker)
         self.failed = False
@@ -168,8 +172,9 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         for c in self.children:
             self.loop.add_reader(c.sock, functools.partial(self._on_message, c))
-        self.log.log(25, "%d workers started (pids %s), capture fanout group %d", self.n,
-                     ",".join(str(c.pid) for c in self.children), self.fanout_group)
+        self.log.log(25, "%d workers started (pids %s), capture fanout group %d (%s)", self.n,
+                     ",".join(str(c.pid) for c in self.children), self.fanout_group,
+                     self.fanout_note)
         self.loop.call_later(self.ready_timeout, self._ready_deadline)
         self.loop.call_soon(self._reap)  # a child that died before the handler was set
 

@@ -7,6 +7,7 @@ A third capture outside the group is the reference: it sees everything.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
@@ -16,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from pycopy_engine.io import bpf
+from pycopy_engine.io import bpf, fanoutids
 from pycopy_engine.io.capture import Capture, open_packet_capture
 from pycopy_engine.io.capture_base import (
     FANOUT_DEFAULT_MODE,
@@ -24,6 +25,7 @@ from pycopy_engine.io.capture_base import (
     FanoutError,
     fanout_arg,
 )
+from pycopy_engine.io.workers import Supervisor
 from tests.lab.services import run_client
 
 pytestmark = pytest.mark.lab
@@ -99,3 +101,36 @@ def test_fanout_arg_packs_group_and_mode():
         fanout_arg(65536)
     with pytest.raises(ValueError, match="mode"):
         fanout_arg(1, 0x10000)
+
+
+def test_the_group_ids_in_use_are_listed_and_a_busy_id_is_passed_over(lab):
+    """Another program's fanout group (here: a capture joined with the very
+    mode --workers uses, as an IDS with flow hashing would) is seen through
+    sock_diag in its network namespace, and the supervisor's choice skips it."""
+    prog = bpf.compile_filter("tcp")
+    busy = os.getpid() & 0xFFFF  # the id a supervisor in this process would prefer
+    with lab.inside("online"):
+        before = fanoutids.ids_in_use()
+        assert busy not in before
+        other = open_packet_capture(["eth0"], prog, fanout=(busy, FANOUT_DEFAULT_MODE))
+        try:
+            assert fanoutids.ids_in_use() == before | {busy}
+            group, note = fanoutids.pick_group(busy)
+            assert group != busy and group not in before
+            assert note == f"group {busy} is another program's"
+            assert fanoutids.pick_group(group) == (
+                group, f"free; {len(before) + 1} group(s) of other programs in this network namespace")
+            sup = Supervisor(2, name="t", log=logging.getLogger("t"), metrics_addr=None,
+                             stats_json=None, stats_interval=1.0, gauges=(), help_text=None,
+                             merge_rules=None, ready_timeout=5.0, stop_grace=1.0, finish_ok=True,
+                             stop_signals=(), on_reopen=None)
+            sup.loop.close()
+            assert (sup.fanout_group, sup.fanout_note) == (group, note)
+            # the chosen id makes a group of its own: joining it with
+            # another mode works, which joining the busy one does not
+            mine = open_packet_capture(["eth0"], prog, fanout=(group, PACKET_FANOUT_LB))
+            mine.close()
+        finally:
+            other.close()
+        assert fanoutids.ids_in_use() == before
+    assert busy not in fanoutids.ids_in_use()  # groups are per network namespace
