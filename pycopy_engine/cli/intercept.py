@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
       default=1 << 20, help="route table bound (1048576)")
     a("--peer-buffer", type=opt_type("--peer-buffer", int_range(16), "bad size"), default=8192,
       help="KB queued for one slow tcpcopy before its records are dropped (8192)")
+    a("-B", dest="bufsize", metavar="MB", type=opt_type("-B", int_range(1, 4096), "bad size"),
+      default=16,
+      help="MB of the capture ring, per worker (16, as C's pcap buffer): raise it when the "
+      "log reports kernel drops")
     a("--workers", type=opt_type("--workers", int_range(1, 64), "must be 1..64"), default=1,
       help="worker processes sharing the capture by flow (PACKET_FANOUT) and the tcpcopy "
       "links; answers are routed to the worker whose link registered them (1)")

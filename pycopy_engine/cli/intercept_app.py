@@ -62,7 +62,9 @@ class InterceptApp:
         self.combined = not args.uncombined
         ifaces = [i for i in (args.iface or "").split(",") if i] or None
         fanout = (fanout_group, FANOUT_DEFAULT_MODE) if mesh is not None else None
-        self.capture = open_packet_capture(ifaces, args.bpf, snaplen=SNAPLEN, fanout=fanout)
+        self.capture = open_packet_capture(
+            ifaces, args.bpf, snaplen=SNAPLEN, fanout=fanout, ring_bytes=args.bufsize << 20,
+            drop_hint="raise -B (the capture ring, now %d MB)" % args.bufsize)
         self.listener = listener if mesh is not None else listen(args.bind, args.port)
         self.allow = args.allow
         self.rewrite = args.rewrite
@@ -279,13 +281,15 @@ class InterceptApp:
         args = self.args
         self.log.log(25, "%s", version_line("intercept"))
         self.log.info("%s", accel.describe())  # make accel: pycopy_engine/accel.py
+        where = args.iface or "all interfaces"
+        if self.capture.plan is not None:
+            where += " (ring: %s)" % self.capture.plan.describe(SNAPLEN)
         if self.workers is not None:
             self.log.log(25, "worker %d of %d: capture on %s (its fanout share), filter: %s",
-                         self.workers.index, self.workers.n, args.iface or "all interfaces",
-                         args.filter)
+                         self.workers.index, self.workers.n, where, args.filter)
         else:
             self.log.log(25, "listening on %s:%d, capture on %s, filter: %s", args.bind,
-                         args.port, args.iface or "all interfaces", args.filter)
+                         args.port, where, args.filter)
         write_pid(args.pidfile)
         install_stop_signals(self._stop)
         install_log_reopen(self.loop, self.log)

@@ -1,6 +1,7 @@
 """tcpcopy -i (AF_PACKET ring) under a burst while it cannot read: kernel drops
 are counted and logged with the fix when the ring is too small, and the
 default ring holds a one-second stall without losing a request (issue 13).
+intercept's ring, sized by its -B, likewise.
 
 tcpcopy is stopped (SIGSTOP) for one second while a client sends requests as
 fast as it can, then resumed: the ring alone must hold that second.
@@ -11,11 +12,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import threading
 import time
 
 import pytest
 
+from pycopy_engine.wire.tcpip import ACK, build_ipv4_tcp
 from tests.lab.services import logged_keys, run_client, sent_keys
 
 from .procs import Proc, intercept
@@ -110,3 +113,53 @@ def test_default_ring_holds_a_one_second_stall_without_loss(lab, workdir, http_s
         tc.stop()
         ic.stop()
     assert "the kernel dropped" not in tc.log()
+
+
+def _blast_answers(lab, count: int) -> None:
+    """``count`` answer-like segments (source port 80) from the target to the
+    assistant, as fast as a raw socket sends them: what intercept's filter
+    captures, without a tcpcopy that would stop sending when intercept stalls."""
+    t, a = lab.ip["target"], lab.ip["assistant"]
+    src, dst = socket.inet_aton(t), socket.inet_aton(a)
+    with lab.inside("target"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        for i in range(count):
+            s.sendto(build_ipv4_tcp(src, dst, 80, 20000 + i % 40000, i, 1, ACK, 100), (a, 0))
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("mb, frames", [(1, 5040), (8, 40320)])
+def test_intercept_ring_is_sized_by_B_and_drops_name_it(lab, workdir, mb, frames):
+    """intercept -B (new: C's intercept has a fixed 16 MB pcap buffer): 12,000
+    answers arrive while intercept is stopped; a 1 MB ring (5,040 frames)
+    loses the rest and the warning names -B, an 8 MB one loses nothing."""
+    ic = intercept(lab, workdir, name=f"intercept-ring-{mb}", extra=["-B", str(mb)])
+    try:
+        log = _wait_log(ic, "ring: TPACKET_V2")
+        assert f"{mb * 1024} KB in {frames} frames of 208 bytes" in log, log[-2000:]
+        ic.wait_ready()
+        os.kill(ic.proc.pid, signal.SIGSTOP)
+        try:
+            _blast_answers(lab, 12000)
+        finally:
+            os.kill(ic.proc.pid, signal.SIGCONT)
+        if mb == 1:
+            assert ic.wait_stat("capture_kernel_drops", 1, timeout=10) > 0
+            log = _wait_log(ic, "raise -B")
+            warn = [ln for ln in log.splitlines() if "the kernel dropped" in ln]
+            assert warn and "raise -B (the capture ring, now 1 MB)" in warn[0], log[-2000:]
+        else:
+            # the segments were captured (what the route table then ignores)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and "capture kernel packets:" not in ic.log():
+                time.sleep(0.2)
+            time.sleep(0.6)  # a few more --stats-interval
+            assert ic.stats()["capture_kernel_drops"] == 0
+    finally:
+        ic.stop()
+    if mb != 1:
+        assert "the kernel dropped" not in ic.log()
+        kernel = re.findall(r"capture kernel packets:(\d+), kernel drops:(\d+)", ic.log())
+        assert kernel and int(kernel[-1][0]) > 5040 and kernel[-1][1] == "0", kernel[-3:]

@@ -82,6 +82,8 @@ def test_client_option_refuses_anything_but_ipv4(value, why, capsys):
     (["-F", "tcp and src prt 80"], "-F"),
     (["-F", "tcp", "-p", "0"], "-p"),
     (["-F", "tcp", "--allow", "10.0.0.0/33"], "--allow"),
+    (["-F", "tcp", "-B", "0"], "invalid value '0': must be 1..4096"),
+    (["-F", "tcp", "-B", "4097"], "-B: invalid value"),
 ])
 def test_bad_intercept_values_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
