@@ -17,14 +17,14 @@ per core.  The replay is checked: it must send every request of the file.
 
 ``--workers N`` adds the figure of ``tcpcopy --workers N`` offline: N forked
 processes each read the whole file and replay the flows of their hash slot
-(core/flowhash.py), started together; requests/s is every request of the file over the wall
-time until the last worker is done, printed for 1 worker (the same code,
-one slot) and N, with their ratio and the load average (the machine's other
-work shares the cores: a figure, never a pass/fail).  Then the machine's own
-ceiling: N copies of the 1-worker replay at once, which share nothing; where
-vCPUs are hyperthreads or the host is busy, each copy's CPU-second does less
-and N copies do less than N times the work, and the --workers ratio is
-printed as a share of that ceiling.
+(core/flowhash.py), started together; requests/s is every request of the
+file over the wall time until the last worker is done, printed for 1 worker
+(the same code, one slot) and N, with their ratio and the load average
+(the machine's other work shares the cores: a figure, never a pass/fail).
+Then the machine's own ceiling: N copies of the 1-worker replay at once,
+which share nothing; where vCPUs are hyperthreads or the host is busy, each
+copy's CPU-second does less and N copies do less than N times the work, and
+the --workers ratio is printed as a share of that ceiling.
 """
 
 from __future__ import annotations
