@@ -82,7 +82,7 @@ class WorkerSide:
     def client_add(self, peer: Peer, key: Key) -> None:
         link = self.link_of.get(peer)
         if link is not None:
-            self.share.local_add(key, link)
+            self.share.local_add(key, link, self.app.loop.time())
             self.schedule()
 
     def closed(self, peer: Peer) -> None:

@@ -22,9 +22,17 @@ A record forwarded to V is never forwarded again: if V no longer has a
 route of its own for it, it is dropped and counted
 (``drop:forwarded_unroutable``).
 
+The last CLIENT_ADD of a key wins, as in C's intercept, also when two links
+on two workers register it within the time a broadcast takes: each ADD
+carries the CLOCK_MONOTONIC time of its CLIENT_ADD (one clock for every
+process of the host), and a worker that holds a later claim on the key (its
+own, or learned; kept :data:`CLAIM_WINDOW` seconds) ignores an earlier one
+(``route_add_stale``).  Without the stamps, each worker would end with the
+other's registration.
+
 Datagrams: ``type`` (1 byte), ``sender`` (1 byte), then the body.
-``ROUTES``: entries of 17 bytes (op, link, client ip, client port, target ip,
-target port), in the order they happened.  ``RECORDS``: 64-byte records.
+``ROUTES``: entries of 25 bytes (op, link, client ip, client port, target ip,
+target port, stamp as a double), in the order they happened.  ``RECORDS``: 64-byte records.
 ``LINK``: a tcpcopy link handed over by the acceptor (the socket travels as
 SCM_RIGHTS; the body is its name).
 """
@@ -32,6 +40,7 @@ SCM_RIGHTS; the body is its name).
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from typing import Dict, Hashable, List, NamedTuple, Optional, Tuple
 
 from ..errors import ProtocolError
@@ -42,7 +51,8 @@ from .stats import Stats
 T_ROUTES, T_RECORDS, T_LINK = 1, 2, 3
 OP_ADD, OP_DEL, OP_LINK_DOWN = 1, 2, 3
 HEAD = struct.Struct("!BB")
-ENTRY = struct.Struct("!BI4sH4sH")
+ENTRY = struct.Struct("!BI4sH4sHd")
+CLAIM_WINDOW = 2.0  # seconds a key's last registration is remembered for ordering
 MAX_WORKERS = 64
 MAX_DATAGRAM = 32 * 1024  # bytes of body per datagram (the unix socket's buffer holds several)
 _NO_KEY = (b"\0\0\0\0", 0, b"\0\0\0\0", 0)
@@ -94,24 +104,46 @@ class RouteShare:
         self.rewrite = rewrite
         self._entries: List[bytes] = []  # to broadcast, in order
         self._records: Dict[int, List[bytes]] = {}  # worker -> records to forward
+        # key -> (stamp, worker) of its latest registration, the recent ones only
+        self._claims: "OrderedDict[Key, Tuple[float, int]]" = OrderedDict()
         self.balancer: Optional[LinkBalancer] = None  # the acceptor's: told of closed links
 
     # ------------------------------------------------------------ local events
 
-    def local_add(self, key: Key, link: int) -> None:
-        """A CLIENT_ADD on this worker's ``link`` (already added to the Router)."""
-        self._entries.append(ENTRY.pack(OP_ADD, link, *key))
+    def local_add(self, key: Key, link: int, now: float) -> None:
+        """A CLIENT_ADD on this worker's ``link`` at ``now`` (CLOCK_MONOTONIC,
+        already added to the Router)."""
+        self._claim(key, now, self.me, force=True)  # the Router has it already
+        self._entries.append(ENTRY.pack(OP_ADD, link, *key, now))
         self.stats.c["routes_broadcast"] += 1
 
     def local_del(self, key: Key, link: int) -> None:
         """This worker forgot ``key`` (expired)."""
-        self._entries.append(ENTRY.pack(OP_DEL, link, *key))
+        self._entries.append(ENTRY.pack(OP_DEL, link, *key, 0.0))
 
     def link_down(self, link: int) -> None:
         """This worker's ``link`` closed: its routes go everywhere."""
-        self._entries.append(ENTRY.pack(OP_LINK_DOWN, link, *_NO_KEY))
+        self._entries.append(ENTRY.pack(OP_LINK_DOWN, link, *_NO_KEY, 0.0))
         if self.balancer is not None:
             self.balancer.closed(self.me)
+
+    def _claim(self, key: Key, stamp: float, worker: int, force: bool = False) -> bool:
+        """Record a registration of ``key``; False when a later one is known
+        (ties: the higher worker wins, the same on every worker)."""
+        claims = self._claims
+        old = claims.get(key)
+        if old is not None:
+            if old > (stamp, worker) and not force:
+                return False
+            del claims[key]  # to the end: the dict stays in stamp order (roughly)
+        claims[key] = (stamp, worker)
+        limit = stamp - CLAIM_WINDOW
+        while claims:
+            first = next(iter(claims.values()))
+            if first[0] >= limit:
+                break
+            claims.popitem(last=False)
+        return True
 
     def forward(self, worker: int, rec: bytes) -> None:
         """Send a record captured here to the worker that owns its route."""
@@ -170,10 +202,13 @@ class RouteShare:
         router = self.router
         c = self.stats.c
         for off in range(HEAD.size, len(data), ENTRY.size):
-            op, link, cip, cport, tip, tport = ENTRY.unpack_from(data, off)
+            op, link, cip, cport, tip, tport, stamp = ENTRY.unpack_from(data, off)
             owner = Remote(sender, link)
             if op == OP_ADD:
                 key = (cip, cport, tip, tport)
+                if not self._claim(key, stamp, sender):
+                    c["route_add_stale"] += 1  # a later registration is already here
+                    continue
                 held = router.add(key, owner, now, counter="routes_learned")
                 for rec in held:  # captured here before the route was known
                     self.forward(sender, rec)

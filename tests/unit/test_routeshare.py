@@ -59,10 +59,11 @@ class Cluster:
         return ("link", w, link)
 
     def client_add(self, w: int, k, link: int) -> None:
+        self.now += 1e-6  # the shared clock moves on between two CLIENT_ADDs
         conn = self.link(w, link)
         for rec in self.routers[w].add(k, conn, self.now):
             self.got[conn].append(rec)
-        self.shares[w].local_add(k, link)
+        self.shares[w].local_add(k, link, self.now)
 
     def capture(self, w: int, k, rec: bytes) -> None:
         to = self.routers[w].route(k, rec, rec[33], self.now)
@@ -225,7 +226,7 @@ def test_large_batches_are_split_into_bounded_datagrams():
     HEAD.pack(T_RECORDS, 1) + b"x" * (RECORD_SIZE + 3),
     HEAD.pack(1, 0),  # from itself
     HEAD.pack(1, 5),  # from a worker that does not exist
-    HEAD.pack(1, 1) + ENTRY.pack(9, 1, b"\0" * 4, 0, b"\0" * 4, 0),
+    HEAD.pack(1, 1) + ENTRY.pack(9, 1, b"\0" * 4, 0, b"\0" * 4, 0, 0.0),
     encode_link(1, "10.0.0.1:4000"),
 ])
 def test_malformed_datagrams_raise_protocol_error(data):
@@ -369,3 +370,60 @@ def test_moves_and_closed_links_never_misdeliver(n, data):
         got = c.got[last[k]][before.get(last[k], 0):]
         assert len([r for r in got if r[12:16] == k[2] and r[16:20] == k[0]
                     and (r[22] << 8 | r[23]) == k[1]]) == n
+
+
+def _owners(c: Cluster, k) -> List[Any]:
+    """Where each worker routes ``k``, as the link it ends at."""
+    out = []
+    for r in c.routers:
+        conn = r.routes[k][0]
+        out.append(("link", conn.worker, conn.link) if isinstance(conn, Remote) else conn)
+    return out
+
+
+def test_two_registrations_crossing_in_flight_end_with_the_later_everywhere():
+    """Worker 0's link registers a key, worker 1's link registers it 1 ms later,
+    before either broadcast arrived: each worker then learns the other's.  The
+    later one must win on both (C: the last CLIENT_ADD wins), not each the other's."""
+    c = Cluster(2)
+    k = key(3)
+    c.client_add(0, k, link=1)
+    c.now += 0.001
+    c.client_add(1, k, link=2)
+    c.pump(0)
+    c.pump(1)
+    c.deliver(0, 1)  # worker 1 learns the earlier registration: ignored
+    c.deliver(1, 0)  # worker 0 learns the later one: taken
+    assert _owners(c, k) == [("link", 1, 2), ("link", 1, 2)]
+    assert c.routers[1].stats.c["route_add_stale"] == 1
+    for w in (0, 1):
+        c.capture(w, k, record(k, 10 + w))
+    c.settle()
+    # worker 1's own capture is written at once, worker 0's comes forwarded
+    assert sorted(c.got[("link", 1, 2)]) == [record(k, 10), record(k, 11)]
+    assert ("link", 0, 1) not in c.got
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(2, 4), data=st.data())
+def test_concurrent_registrations_of_one_key_converge_on_the_last(n, data):
+    """Registrations of one key on random workers, broadcasts delivered in any
+    order between them: once settled, every worker routes it to the last one."""
+    c = Cluster(n)
+    k = key(5)
+    last = None
+    steps = data.draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 63)),
+                               min_size=1, max_size=60))
+    for op, arg in steps:
+        if op == 0 or last is None:
+            w = arg % n
+            c.client_add(w, k, link=100 + len(steps) + arg)
+            last = ("link", w, 100 + len(steps) + arg)
+        elif op == 1:
+            c.pump(arg % n)
+        else:
+            src, dst = arg % n, (arg // n) % n
+            if src != dst:
+                c.deliver(src, dst)
+    c.settle()
+    assert _owners(c, k) == [last] * n
