@@ -90,6 +90,13 @@ class Cluster:
             self.got[conn].append(rec)
         return True
 
+    def deliver_drawn(self, arg: int) -> None:
+        """Deliver the next datagram between the two workers ``arg`` picks (none
+        when it picks one worker twice): the random tests' delivery order."""
+        src, dst = arg % self.n, (arg // self.n) % self.n
+        if src != dst:
+            self.deliver(src, dst)
+
     def settle(self) -> None:
         for _ in range(100):
             for w in range(self.n):
@@ -285,9 +292,7 @@ def test_every_answer_reaches_its_owner_once_and_in_order(n, data):
         elif op == 2:
             c.pump(arg % n)
         else:
-            src, dst = arg % n, (arg // n) % n
-            if src != dst:
-                c.deliver(src, dst)
+            c.deliver_drawn(arg)
     for s in sessions:
         if not s["added"]:
             c.client_add(s["owner"], s["k"], s["link"])
@@ -342,9 +347,7 @@ def test_moves_and_closed_links_never_misdeliver(n, data):
         elif op == 2:
             c.pump(w)
         elif op == 3:
-            src, dst = arg % n, (arg // n) % n
-            if src != dst:
-                c.deliver(src, dst)
+            c.deliver_drawn(arg)
         elif k in last and last[k] not in closed:
             _, lw, link = last[k]
             c.close_link(lw, link)
@@ -422,8 +425,6 @@ def test_concurrent_registrations_of_one_key_converge_on_the_last(n, data):
         elif op == 1:
             c.pump(arg % n)
         else:
-            src, dst = arg % n, (arg // n) % n
-            if src != dst:
-                c.deliver(src, dst)
+            c.deliver_drawn(arg)
     c.settle()
     assert _owners(c, k) == [last] * n
